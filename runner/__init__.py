@@ -1,0 +1,1 @@
+"""runner: config-driven gradient-descent experiments on y = a*x + b (PyTorch, Hydra, MLflow)."""

@@ -1,0 +1,97 @@
+"""`python -m runner` as a user runs it: real subprocesses in a fresh directory."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from support import run_cli
+from test_loop import SEED_002
+
+
+@pytest.mark.slow
+def test_documented_command_end_to_end(tmp_path: Path) -> None:
+    done = run_cli("optimizer=sgd", "lr=0.05", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "mlflow.db").is_file()  # the default store, in the launch directory
+    run_id = re.search(r"mlflow run ([0-9a-f]{32})", done.stdout).group(1)
+    csv_path = Path(re.search(r"csv +(\S+)", done.stdout).group(1))
+    assert re.search(r"50 epochs, final loss [0-9.e-]+ \(a=[0-9.]+, b=[0-9.]+\)", done.stdout)
+    assert csv_path.parent.parent.parent == tmp_path / "outputs"  # Hydra's run directory
+    assert len(pd.read_csv(csv_path)) == 50
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = client.get_run(run_id)
+    assert found.info.status == "FINISHED"
+    assert found.info.run_name == "optimizer=sgd,lr=0.05"
+    assert found.data.tags["hydra.output_dir"] == str(csv_path.parent)
+    assert len(found.data.tags.get("mlflow.source.git.commit", "0" * 40)) == 40
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == pd.read_csv(csv_path)[
+        "loss"
+    ].tolist()
+
+
+@pytest.mark.slow
+def test_seed_002_preset_prints_and_records_the_notebook(tmp_path: Path) -> None:
+    done = run_cli("experiment=seed_002", "mlflow.enabled=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for epoch, (loss, a, b) in enumerate(SEED_002[:11]):
+        assert lines[epoch].startswith(f"Epoch {epoch}: loss={loss}, a={a}, b={b}, grad_a=")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+BAD_COMMANDS = [
+    ["optimizer=adamw"],
+    ["lrr=0.1"],
+    ["+newkey=1"],
+    ["lr=abc"],
+    ["lr=0"],
+    ["lr=-1"],
+    ["lr=nan"],
+    ["lr=inf"],
+    ["epochs=0"],
+    ["epochs=1.5"],
+    ["device=tpu"],
+    ["data=csv", "data.path=missing.csv"],
+    ["optimizer._target_=torch.optim.Adam"],
+    ["-m", "lr=0.1,0"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_COMMANDS, ids=" ".join)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str]) -> None:
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("runner: error: ") and "is not allowed: " in line
+    assert list(tmp_path.iterdir()) == []  # no outputs/, no mlflow.db, nothing
+
+
+def test_bad_input_leaves_an_existing_store_untouched(tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.create_experiment("runner")
+    client.create_run(experiment)
+    before = store.read_bytes()
+    done = run_cli(f"mlflow.tracking_uri=sqlite:///{store}", "lr=0", cwd=tmp_path)
+    assert done.returncode == 2
+    assert store.read_bytes() == before
+    assert len(client.search_runs([experiment])) == 1
+
+
+def test_checking_the_command_line_imports_neither_torch_nor_mlflow() -> None:
+    code = (
+        "import sys; from runner.cli import check_command_line;"
+        "check_command_line(['optimizer=sgd', 'lr=0.05']);"
+        "print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

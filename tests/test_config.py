@@ -1,0 +1,107 @@
+"""Config composition, the experiment presets, and the one-line errors of check_command_line."""
+
+from __future__ import annotations
+
+import pytest
+from support import make_config
+
+from runner.cli import check_command_line
+from runner.config import ConfigError
+
+
+def test_defaults_are_seed_002() -> None:
+    conf = make_config()
+    assert (conf.lr, conf.epochs, conf.device, conf.zero_grad) == (0.05, 50, "cpu", True)
+    assert (conf.model.bias, conf.model.a, conf.model.b) == (True, 1.0, 1.0)
+    assert (conf.data.kind, conf.data.x, conf.data.true_a, conf.data.true_b) == (
+        "inline",
+        [1.0, 2.0, 3.0],
+        0.5,
+        0.5,
+    )
+    assert (conf.loss.name, conf.optimizer.name) == ("manual", "manual")
+    assert (conf.mlflow.enabled, conf.mlflow.experiment) == (True, "runner")
+
+
+def test_documented_overrides() -> None:
+    conf = make_config("optimizer=sgd", "lr=0.05", "loss=mse", "device=auto", "seed=7")
+    assert (conf.optimizer.name, conf.loss.name, conf.device, conf.seed) == (
+        "sgd",
+        "mse",
+        "auto",
+        7,
+    )
+
+
+def test_experiment_presets() -> None:
+    c0 = make_config("experiment=seed_000")
+    assert (c0.model.bias, c0.lr, c0.epochs, c0.data.x, c0.data.y) == (False, 0.1, 1, [2.0], [3.0])
+    c3 = make_config("experiment=seed_003")
+    assert (c3.model.init, c3.lr, c3.epochs, len(c3.data.x)) == ("random", 0.01, 100, 4)
+    # Overrides on the command line still win over a preset.
+    assert make_config("experiment=seed_002", "lr=0.2").lr == 0.2
+
+
+def test_data_presets() -> None:
+    assert make_config("data=synthetic").data.kind == "synthetic"
+    assert make_config("data=csv", "data.path=p.csv").data.path == "p.csv"
+    assert make_config("model=linear_nobias").model.bias is False
+
+
+BAD = [
+    # (override, key named in the message, text the message must hold)
+    ("optimizer=adamw", "optimizer", "manual, sgd"),
+    ("loss=l1", "loss", "manual, mse"),
+    ("model=mlp", "model", "linear, linear_nobias"),
+    ("lrr=0.1", "lrr", "did you mean lr"),
+    ("+newkey=1", "newkey", "an existing key"),
+    ("lr=abc", "lr", "a number"),
+    ("lr=0", "lr", "> 0"),
+    ("lr=-1", "lr", "> 0"),
+    ("lr=nan", "lr", "finite"),
+    ("lr=inf", "lr", "finite"),
+    ("epochs=0", "epochs", ">= 1"),
+    ("epochs=1.5", "epochs", "an integer"),
+    ("device=tpu", "device", "cpu, cuda, auto"),
+    ("zero_grad=maybe", "zero_grad", "true or false"),
+    ("model.init=xavier", "model.init", "fixed, random"),
+    ("data=csv", "data.path", "CSV file"),
+    ("data=seed_003 data.x=[1,2]", "data.y", "as long as data.x"),
+    ("optimizer.name=adamw", "optimizer.name", "manual, sgd"),
+    ("lr=0.1,0.2", "lr", "add -m"),
+    ("lr=[1,2", "override", "grammar"),
+    ("optimizer._target_=torch.optim.Adam", "optimizer._target_", "command line"),
+    ("+hydra.callbacks.x._target_=os.system", "hydra.callbacks", "command line"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "hint"), BAD, ids=[b[0] for b in BAD])
+def test_bad_override_is_one_clear_line(override: str, key: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_command_line(override.split())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(key)
+    assert hint in message
+
+
+def test_sweeps_are_checked_value_by_value() -> None:
+    check_command_line(["-m", "lr=0.01,0.05", "optimizer=manual,sgd"])
+    check_command_line(["-m", "lr=range(0.01,0.11,0.01)"])
+    with pytest.raises(ConfigError, match=r"^lr=0\.0 is not allowed"):
+        check_command_line(["-m", "lr=0.1,0", "optimizer=sgd"])
+    with pytest.raises(ConfigError, match=r"^optimizer='adamw'"):
+        check_command_line(["--multirun", "optimizer=sgd,adamw"])
+
+
+def test_device_cuda_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runner.cli
+
+    monkeypatch.setattr(runner.cli, "_cuda_possible", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device='cuda' is not allowed: cpu or auto"):
+        check_command_line(["device=cuda"])
+
+
+def test_hydra_flags_are_left_to_hydra() -> None:
+    check_command_line(["--help"])
+    check_command_line(["--cfg", "job", "lr=0"])  # Hydra prints the config; nothing runs

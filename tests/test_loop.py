@@ -1,0 +1,118 @@
+"""The epoch loop against the notebooks' printed numbers (shared/seeds)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from support import train_history
+
+from runner.loop import train
+from runner.model import Linear
+
+COMBOS = list(itertools.product(["manual", "mse"], ["manual", "sgd"]))
+
+# Seed 002, "Training loop with PyTorch's Autograd Module": the printed epochs 0-11.
+SEED_002 = [
+    (2.4166667461395264, 1.0, 1.0),
+    (0.4854629337787628, 0.6666666269302368, 0.8500000238418579),
+    (0.10228254646062851, 0.5188888311386108, 0.7816666960716248),
+    (0.026139602065086365, 0.4537407159805298, 0.7497222423553467),
+    (0.010897613130509853, 0.42538395524024963, 0.734001874923706),
+    (0.007738022133708, 0.4134044051170349, 0.72552490234375),
+    (0.006978096440434456, 0.4087107181549072, 0.7202915549278259),
+    (0.0066972956992685795, 0.40725407004356384, 0.7165202498435974),
+    (0.006514647975564003, 0.4072314500808716, 0.7134174108505249),
+    (0.006354494486004114, 0.40783995389938354, 0.710629403591156),
+    (0.006201764103025198, 0.4087221026420593, 0.7079984545707703),
+    (0.006053395569324493, None, None),  # the notebook's output is cut after the loss
+]
+
+
+@pytest.mark.parametrize(("loss", "optimizer"), COMBOS)
+def test_seed_000_one_step_of_theta(loss: str, optimizer: str) -> None:
+    hist, s = train_history("experiment=seed_000", f"loss={loss}", f"optimizer={optimizer}")
+    assert list(hist.columns) == ["epoch", "loss", "a", "grad_a"]  # y = theta * x, no bias
+    assert hist.loc[0, "loss"] == 1.0
+    assert hist.loc[0, "grad_a"] == -4.0
+    assert hist.loc[0, "a"] == 1.0
+    assert s.model.a.item() == np.float32(1.4)
+
+
+def test_seed_002_first_step() -> None:
+    hist, _ = train_history("experiment=seed_002", "epochs=1")
+    assert hist.loc[0, "loss"] == 2.4166667461395264
+    assert round(hist.loc[0, "grad_a"], 4) == 6.6667
+    assert round(hist.loc[0, "grad_b"], 4) == 3.0
+    hist2, _ = train_history("experiment=seed_002", "epochs=2")
+    assert (round(hist2.loc[1, "a"], 4), round(hist2.loc[1, "b"], 4)) == (0.6667, 0.85)
+
+
+@pytest.mark.parametrize(("loss", "optimizer"), COMBOS)
+def test_seed_002_matches_the_notebook(loss: str, optimizer: str) -> None:
+    hist, _ = train_history("experiment=seed_002", f"loss={loss}", f"optimizer={optimizer}")
+    assert len(hist) == 50 and hist["epoch"].tolist() == list(range(50))
+    for epoch, (printed_loss, a, b) in enumerate(SEED_002):
+        # The notebook prints float32 values as Python floats: equality is float32 equality.
+        assert hist.loc[epoch, "loss"] == printed_loss, epoch
+        if a is not None:
+            assert (hist.loc[epoch, "a"], hist.loc[epoch, "b"]) == (a, b), epoch
+
+
+def test_all_four_ways_give_the_same_trajectory_bit_for_bit() -> None:
+    runs = [
+        train_history("experiment=seed_002", f"loss={lo}", f"optimizer={op}", "chunk=7")[0]
+        for lo, op in COMBOS
+    ]
+    assert np.isfinite(runs[0].to_numpy()).all()
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
+
+
+def _fresh_gradient(a: float, b: float, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    model = Linear(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32))
+    ((model(x) - y) ** 2).mean().backward()
+    return np.array([model.a.grad.item(), model.b.grad.item()], dtype=np.float32)
+
+
+@pytest.mark.parametrize("optimizer", ["manual", "sgd"])
+def test_seed_001_gradients_accumulate_without_zero_grad(optimizer: str) -> None:
+    hist, s = train_history(
+        "experiment=seed_002", f"optimizer={optimizer}", "zero_grad=false", "epochs=6"
+    )
+    recorded = hist[["grad_a", "grad_b"]].to_numpy(dtype=np.float32)
+    fresh = [_fresh_gradient(a, b, s.x, s.y) for a, b in hist[["a", "b"]].to_numpy()]
+    total = np.zeros(2, dtype=np.float32)
+    for k, g in enumerate(fresh):
+        total = total + g  # float32, in epoch order, as autograd adds into .grad
+        np.testing.assert_array_equal(recorded[k], total, err_msg=f"epoch {k}")
+    assert not np.array_equal(recorded[1], fresh[1])  # the lesson: epoch 1 is not fresh
+
+
+@pytest.mark.parametrize("optimizer", ["manual", "sgd"])
+def test_default_zero_grad_records_fresh_gradients(optimizer: str) -> None:
+    hist, s = train_history("experiment=seed_002", f"optimizer={optimizer}", "epochs=6")
+    for k, (a, b) in enumerate(hist[["a", "b"]].to_numpy()):
+        recorded = hist.loc[k, ["grad_a", "grad_b"]].to_numpy(dtype=np.float32)
+        np.testing.assert_array_equal(recorded, _fresh_gradient(a, b, s.x, s.y))
+
+
+@pytest.mark.parametrize(("epochs", "chunk"), [(10, 3), (10, 10), (10, 1000), (1, 1)])
+def test_chunks_cover_every_epoch_once(epochs: int, chunk: int) -> None:
+    model = Linear(torch.tensor(1.0), torch.tensor(1.0))
+    x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.5, 2.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    chunks = list(train(model, torch.nn.MSELoss(), opt, x, y, epochs, chunk=chunk))
+    assert [len(c) for c in chunks] == [min(chunk, epochs - i) for i in range(0, epochs, chunk)]
+    assert pd.concat(chunks)["epoch"].tolist() == list(range(epochs))
+
+
+def test_final_parameters_are_after_the_last_step() -> None:
+    hist, s = train_history("experiment=seed_002", "epochs=3")
+    a2, b2, ga, gb = hist.loc[2, ["a", "b", "grad_a", "grad_b"]].to_numpy(dtype=np.float32)
+    lr = np.float32(0.05)
+    assert s.model.a.item() == a2 - lr * ga
+    assert s.model.b.item() == b2 - lr * gb

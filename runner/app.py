@@ -6,10 +6,11 @@ go wrong here is the machine or the store.
 
 from __future__ import annotations
 
-import signal
+import json
+import math
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from runner.config import Config, ConfigError
 from runner.console_sink import ConsoleSink
 from runner.csv_sink import CsvSink
 from runner.data import load_arrays, to_tensors
-from runner.loop import train
+from runner.loop import Diverged, train
 from runner.losses import Loss, build_loss
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
+from runner.signals import restore_sigterm, sigterm_raises
 
 
 @dataclass
@@ -46,34 +48,81 @@ def build(conf: Config, launch_dir: Path) -> Setup:
     return Setup(model, loss_fn, optimizer, x, y)
 
 
-def run(conf: Config, launch_dir: Path, run_dir: Path, overrides: list[str]) -> float:
-    """Train once, write the sinks, and return the final loss (what a sweeper minimizes)."""
+@dataclass
+class Result:
+    """How a run ended; written to result.json in the run directory for sweep summaries."""
+
+    status: str  # FINISHED, DIVERGED, FAILED or KILLED
+    epochs_run: int
+    final_loss: float  # inf unless FINISHED, so a sweeper ranks it last
+    final: dict[str, float] = field(default_factory=dict)  # final_a, final_b
+    mlflow_run_id: str | None = None
+    diverged_at_epoch: int | None = None
+
+
+def run(
+    conf: Config,
+    launch_dir: Path,
+    run_dir: Path,
+    overrides: list[str],
+    parent_run_id: str | None = None,
+) -> Result:
+    """Train once, feed the sinks, and say how it ended."""
     s = build(conf, launch_dir)
-    previous_sigterm = _sigterm_raises()
+    previous_sigterm = sigterm_raises()
     tracker = None
+    progress = Result("FAILED", epochs_run=0, final_loss=math.inf)
     try:
         # The store first: if it cannot be reached, the run stops before any file is written.
-        tracker = _open_tracker(conf, launch_dir, run_dir, overrides)
-        with CsvSink(run_dir / "metrics.csv") as csv:
-            sinks = [csv, *([tracker] if tracker else []), *_console(conf.print_every)]
+        tracker = _open_tracker(conf, launch_dir, run_dir, overrides, parent_run_id)
+        progress.mlflow_run_id = tracker.run_id if tracker else None
+        result = _train_into_sinks(conf, s, run_dir, tracker, progress)
+    except BaseException as err:
+        progress.status = "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED"
+        if tracker is not None:
+            tracker.abort(progress.status)
+        _write_result(run_dir, progress)
+        raise
+    finally:
+        restore_sigterm(previous_sigterm)
+    _write_result(run_dir, result)
+    _print_summary(conf, result, run_dir / "metrics.csv", tracker)
+    return result
+
+
+def _train_into_sinks(
+    conf: Config, s: Setup, run_dir: Path, tracker: Any, progress: Result
+) -> Result:
+    """The loop feeding every sink; `progress` counts the epochs written so far."""
+    with CsvSink(run_dir / "metrics.csv") as csv:
+        sinks = [csv, *([tracker] if tracker else []), *_console(conf.print_every)]
+        try:
             for chunk in train(
                 s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, conf.zero_grad, conf.chunk
             ):
                 for sink in sinks:
                     sink.write(chunk)
-        final = _final_metrics(s)
+                progress.epochs_run += len(chunk)
+            diverged_at = None
+        except Diverged as err:
+            diverged_at = err.epoch
+    config_yaml = OmegaConf.to_yaml(conf)
+    if diverged_at is not None:
         if tracker is not None:
-            tracker.finish(final, config_yaml=OmegaConf.to_yaml(conf), files=[csv.path])
-    except BaseException as err:
-        if tracker is not None:
-            interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
-            tracker.abort("KILLED" if interrupted else "FAILED")
-        raise
-    finally:
-        _restore_sigterm(previous_sigterm)
+            tracker.diverged(diverged_at, config_yaml, files=[csv.path])
+        return replace(progress, status="DIVERGED", diverged_at_epoch=diverged_at)
+    final = _final_metrics(s)
+    if tracker is not None:
+        tracker.finish(final, config_yaml, files=[csv.path])
+    loss = final.pop("final_loss")
+    return replace(progress, status="FINISHED", final_loss=loss, final=final)
 
-    _print_summary(conf, final, csv.path, tracker)
-    return final["final_loss"]
+
+def _write_result(run_dir: Path, result: Result) -> None:
+    text = json.dumps(asdict(result), indent=2)  # json writes inf as Infinity; pandas reads it
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(text + "\n")
+    tmp.replace(run_dir / "result.json")  # whole or absent, never half-written
 
 
 def _console(every: int) -> list[ConsoleSink]:
@@ -96,16 +145,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _open_tracker(conf: Config, launch_dir: Path, run_dir: Path, overrides: list[str]) -> Any:
+def _open_tracker(
+    conf: Config,
+    launch_dir: Path,
+    run_dir: Path,
+    overrides: list[str],
+    parent_run_id: str | None,
+) -> Any:
     if not conf.mlflow.enabled:
         return None
     # Imported here: MLflow costs a second or more, and a run with it off should not pay.
-    from runner.mlflow_sink import MlflowSink, default_tracking_uri
+    from runner.mlflow_sink import MlflowSink
+    from runner.store import default_tracking_uri
 
     tags = {"hydra.output_dir": str(run_dir), "hydra.overrides": " ".join(overrides)}
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id  # the dashboard nests the run under its sweep
     return MlflowSink(
         conf.mlflow.tracking_uri or default_tracking_uri(launch_dir),
         conf.mlflow.experiment,
@@ -139,31 +197,16 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-class Terminated(SystemExit):
-    """SIGTERM as an exception, so the run is closed like after Ctrl-C."""
-
-
-def _sigterm_raises() -> Any:
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(128 + signum)
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (a thread-based launcher): leave it alone
-        return None
-
-
-def _restore_sigterm(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _print_summary(conf: Config, final: dict[str, float], csv_path: Path, tracker: Any) -> None:
-    params = ", ".join(
-        f"{k.removeprefix('final_')}={v:.6g}" for k, v in final.items() if k != "final_loss"
-    )
-    epochs = f"{conf.epochs} epoch{'s' * (conf.epochs != 1)}"
-    print(f"runner: {epochs}, final loss {final['final_loss']:.6g} ({params})")
+def _print_summary(conf: Config, result: Result, csv_path: Path, tracker: Any) -> None:
+    epochs = f"{result.epochs_run} epoch{'s' * (result.epochs_run != 1)}"
+    if result.status == "DIVERGED":
+        print(
+            f"runner: diverged at epoch {result.diverged_at_epoch} (non-finite loss, parameter "
+            f"or gradient; lr={conf.lr} is too large?); the CSV keeps the {epochs} before it"
+        )
+    else:
+        params = ", ".join(f"{k.removeprefix('final_')}={v:.6g}" for k, v in result.final.items())
+        print(f"runner: {epochs}, final loss {result.final_loss:.6g} ({params})")
     print(f"runner: csv    {csv_path}")
     if tracker is not None:
         where = f"'{conf.mlflow.experiment}' at {tracker.tracking_uri}"

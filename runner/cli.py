@@ -20,11 +20,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from runner.config import Config, ConfigError, load
 from runner.data import load_arrays
+from runner.sweep import parent_run_id
 
 
 def _conf_dir() -> Path:
@@ -57,16 +59,23 @@ def _hydra_main(cfg: DictConfig) -> float:
     from runner.app import run  # torch is imported only now, after the config checked out
 
     job = HydraConfig.get()
+    launch_dir = Path(job.runtime.cwd)
+    multirun = job.mode == RunMode.MULTIRUN
     try:
-        return run(
+        result = run(
             load(cfg),
-            launch_dir=Path(job.runtime.cwd),
+            launch_dir=launch_dir,
             run_dir=Path(job.runtime.output_dir),
             overrides=list(job.overrides.task),
+            parent_run_id=parent_run_id(launch_dir / job.sweep.dir) if multirun else None,
         )
     except ConfigError as err:  # found only on the machine itself, e.g. device=cuda
         _exit_with(err)
         raise  # unreachable; keeps type checkers content
+    if result.status == "DIVERGED" and not multirun:
+        raise SystemExit(1)
+    # A sweep goes on past a diverged job: inf ranks it last, and Optuna records a bad trial.
+    return result.final_loss
 
 
 def check_command_line(argv: list[str]) -> None:

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 
 from runner.losses import Loss
 from runner.model import Linear
 from runner.optimizers import Optimizer
+
+
+class Diverged(Exception):
+    """A loss, parameter or gradient went non-finite; the rows before it were yielded."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"diverged at epoch {epoch}: non-finite loss, parameter or gradient")
+        self.epoch = epoch
 
 
 def history_columns(model: Linear) -> list[str]:
@@ -34,7 +43,9 @@ def train(
     """Run the epochs; yield the history every `chunk` epochs and at the end.
 
     Row k holds epoch k's loss, the parameters that loss was computed at (before the
-    step, as seed 002 prints them) and the gradient the step then used.
+    step, as seed 002 prints them) and the gradient the step then used. At the first
+    non-finite row, yield the rows before it and raise Diverged. Finiteness is checked
+    per chunk, on the host copy, so it costs no extra sync.
     """
     params = list(model.parameters())
     columns = history_columns(model)
@@ -51,7 +62,14 @@ def train(
         )
         optimizer.step()
         if epoch - first + 1 == len(rows) or epoch == epochs - 1:
-            yield _to_frame(rows[: epoch - first + 1], first, columns)
+            frame = _to_frame(rows[: epoch - first + 1], first, columns)
+            finite = np.isfinite(frame.to_numpy()).all(axis=1)
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                if bad:
+                    yield frame.iloc[:bad]
+                raise Diverged(first + bad)
+            yield frame
             first = epoch + 1
 
 

@@ -13,14 +13,28 @@ from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from runner.store import sqlite_path
 
-def default_tracking_uri(launch_dir: Path) -> str:
-    """An absolute SQLite URI, so every job of a sweep writes to the same store."""
-    return f"sqlite:///{(launch_dir / 'mlflow.db').resolve()}"
+
+def experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
+    """The experiment's id, created on first use."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    db = sqlite_path(tracking_uri)
+    # Artifacts of a local store go beside its database file, wherever the run started from.
+    artifact_location = None if db is None else (db.parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as err:
+        # Another job of a parallel sweep created it between our lookup and our create.
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 class MlflowSink:
@@ -34,29 +48,12 @@ class MlflowSink:
     ) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
-        self.experiment_id = self._experiment_id(experiment)
+        self.experiment_id = experiment_id(self.client, tracking_uri, experiment)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self.client.log_batch(
             self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
         )
-
-    def _experiment_id(self, name: str) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        artifact_location = None
-        if self.tracking_uri.startswith("sqlite:///"):
-            # Artifacts beside the database file, wherever the run was started from.
-            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            artifact_location = (db.parent / "mlartifacts").as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException as err:
-            # Another job of a parallel sweep created it between our lookup and our create.
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return self.client.get_experiment_by_name(name).experiment_id
 
     def write(self, chunk: pd.DataFrame) -> None:
         """Log a chunk of epochs as metrics with step=epoch; the client splits it into batches."""
@@ -73,10 +70,20 @@ class MlflowSink:
         """Final metrics and artifacts, then FINISHED."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
+        self._artifacts(config_yaml, files)
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def diverged(self, epoch: int, config_yaml: str, files: list[Path]) -> None:
+        """FAILED and tagged with the epoch; no final metrics, which would be inf or NaN."""
+        tags = [RunTag("diverged", "true"), RunTag("diverged_at_epoch", str(epoch))]
+        self.client.log_batch(self.run_id, tags=tags)
+        self._artifacts(config_yaml, files)
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+    def _artifacts(self, config_yaml: str, files: list[Path]) -> None:
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def abort(self, status: str) -> None:
         """End the run as FAILED or KILLED; never leave it RUNNING."""

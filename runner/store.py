@@ -1,0 +1,28 @@
+"""Where the MLflow store is, worked out without importing MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SQLITE = "sqlite:///"
+
+
+def default_tracking_uri(launch_dir: Path) -> str:
+    """An absolute SQLite URI, so every job of a sweep writes to the same store."""
+    return f"{SQLITE}{(launch_dir / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a local SQLite store; None for a server or another database."""
+    return Path(tracking_uri.removeprefix(SQLITE)) if tracking_uri.startswith(SQLITE) else None
+
+
+def missing_store_error(tracking_uri: str) -> str | None:
+    """For the read-only tools: a one-line reason when a local store does not exist yet."""
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.is_file():
+        return (
+            f"no MLflow store at {tracking_uri}; "
+            "run `python -m runner` here first, or pass --tracking-uri"
+        )
+    return None

@@ -1,0 +1,140 @@
+"""Sweeps: one MLflow parent run per multirun, and summary.csv when it ends.
+
+Hydra calls SweepCallback in the process that launches the jobs, once before the first
+job and once after the last, whatever the launcher or sweeper. Jobs find the parent run
+through a small file in the sweep directory, which also works for jobs in other processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.signals import sigterm_raises
+from runner.store import default_tracking_uri
+
+PARENT_FILE = "mlflow_parent.json"
+SUMMARY_COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "final_loss",
+    "final_a",
+    "final_b",
+    "epochs_run",
+    "diverged_at_epoch",
+    "mlflow_run_id",
+]
+STATUS_ORDER = {"FINISHED": 0, "DIVERGED": 1, "KILLED": 2, "FAILED": 3}
+
+
+def parent_run_id(sweep_dir: Path) -> str | None:
+    """The sweep's parent run, for a job of that sweep (None when MLflow is off)."""
+    path = sweep_dir / PARENT_FILE
+    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+
+
+class SweepCallback(Callback):
+    def __init__(self) -> None:
+        self.parent: Any = None  # the parent run's MlflowClient and id, while it is open
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = _sweep_dir(config)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not config.mlflow.enabled:
+            return
+        from mlflow import MlflowClient
+
+        from runner.mlflow_sink import experiment_id
+
+        uri = config.mlflow.tracking_uri or default_tracking_uri(Path(config.hydra.runtime.cwd))
+        # Created here, in the launching process and before any job starts: the store's
+        # tables and the experiment then exist before parallel jobs race to create them.
+        client = MlflowClient(uri)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = client.create_run(
+            experiment_id(client, uri, config.mlflow.experiment),
+            run_name=f"sweep {overrides}".strip(),
+            tags={"runner.sweep_dir": str(sweep_dir), "hydra.overrides": overrides},
+        )
+        self.parent = (client, run.info.run_id)
+        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}) + "\n")
+        # Ctrl-C, SIGTERM or a crash ends the parent as KILLED/FAILED instead of RUNNING.
+        atexit.register(self._end_parent, "KILLED")
+        sigterm_raises()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = _sweep_dir(config)
+        summary = summarize(sweep_dir)
+        path = sweep_dir / "summary.csv"
+        summary.to_csv(path, index=False)
+        shown = summary[["overrides", "status", "final_loss", "final_a", "final_b"]]
+        print(f"runner: sweep of {len(summary)} jobs, best first ({path}):")
+        print(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+        if self.parent is not None:
+            _log_summary(*self.parent, summary, path)
+            self._end_parent("FINISHED")
+
+    def _end_parent(self, status: str) -> None:
+        if self.parent is not None:
+            client, run_id = self.parent
+            self.parent = None
+            client.set_terminated(run_id, status)
+
+
+def summarize(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job of the sweep, best first: finished by final loss, then the rest."""
+    rows = []
+    for job_dir in sweep_dir.iterdir():
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        if not (job_dir.name.isdigit() and overrides_file.is_file()):
+            continue
+        row: dict[str, Any] = {
+            "job": int(job_dir.name),
+            "overrides": " ".join(OmegaConf.load(overrides_file)),
+        }
+        result_file = job_dir / "result.json"
+        if result_file.is_file():
+            result = json.loads(result_file.read_text())
+            row |= {k: v for k, v in result.items() if k != "final"} | result["final"]
+        else:  # the job died before it could say how it ended
+            row |= {"status": "FAILED", "final_loss": math.inf}
+        rows.append(row)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    summary = summary.astype({"epochs_run": "Int64", "diverged_at_epoch": "Int64"})
+    summary["rank"] = summary["status"].map(STATUS_ORDER)
+    summary = summary.sort_values(["rank", "final_loss", "job"]).drop(columns="rank")
+    return summary.reset_index(drop=True)
+
+
+def _log_summary(client: Any, run_id: str, summary: pd.DataFrame, path: Path) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client.log_artifact(run_id, str(path))
+    counts = summary["status"].value_counts()
+    tags = [RunTag(f"jobs.{status.lower()}", str(n)) for status, n in counts.items()]
+    metrics = []
+    best = summary.iloc[0] if len(summary) else None
+    if best is not None and best["status"] == "FINISHED":
+        tags += [
+            RunTag("best_run_id", str(best["mlflow_run_id"])),
+            RunTag("best_overrides", best["overrides"]),
+        ]
+        metrics = [
+            Metric(f"best_{k}", float(best[k]), int(time.time() * 1000), 0)
+            for k in ("final_loss", "final_a", "final_b")
+            if pd.notna(best[k])
+        ]
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    return Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)

@@ -1,0 +1,86 @@
+"""Sweeps: a parent MLflow run with the jobs as children, and summary.csv best first."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from support import run_cli
+
+from runner.sweep import summarize
+
+
+def _job(sweep: Path, n: int, overrides: list[str], result: dict | None) -> None:
+    (sweep / str(n) / ".hydra").mkdir(parents=True)
+    (sweep / str(n) / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+    if result is not None:
+        (sweep / str(n) / "result.json").write_text(json.dumps(result))
+
+
+def _result(status: str, loss: float, epochs: int, diverged_at: int | None = None) -> dict:
+    final = {"final_a": 0.5, "final_b": 0.4} if status == "FINISHED" else {}
+    return {"status": status, "epochs_run": epochs, "final_loss": loss, "final": final,
+            "mlflow_run_id": f"id{loss}", "diverged_at_epoch": diverged_at}  # fmt: skip
+
+
+def test_summary_ranks_finished_by_loss_then_diverged_then_failed(tmp_path: Path) -> None:
+    def finished(loss: float) -> dict:
+        return _result("FINISHED", loss, 50)
+
+    _job(tmp_path, 0, ["lr=0.01"], finished(0.3))
+    _job(tmp_path, 1, ["lr=0.1"], finished(0.001))
+    _job(tmp_path, 2, ["lr=9"], _result("DIVERGED", math.inf, 7, diverged_at=7))
+    _job(tmp_path, 3, ["lr=0.5"], None)  # died without a result
+    _job(tmp_path, 10, ["lr=0.2"], finished(0.02))
+    (tmp_path / "summary.csv").write_text("not a job")
+
+    summary = summarize(tmp_path)
+    assert summary["overrides"].tolist() == ["lr=0.1", "lr=0.2", "lr=0.01", "lr=9", "lr=0.5"]
+    assert summary["status"].tolist() == ["FINISHED"] * 3 + ["DIVERGED", "FAILED"]
+    assert summary.loc[3, "diverged_at_epoch"] == 7 and summary.loc[3, "epochs_run"] == 7
+    assert summary.loc[0, "final_a"] == 0.5 and summary.loc[0, "mlflow_run_id"] == "id0.001"
+
+
+def _children(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.mark.slow
+def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> None:
+    done = run_cli("-m", "lr=0.01,0.1,1.5", "optimizer=manual,sgd", "epochs=30", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "already active" not in done.stderr
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert len(summary) == 6
+    assert summary["status"].tolist() == ["FINISHED"] * 4 + ["DIVERGED"] * 2
+    assert summary["final_loss"].iloc[:4].is_monotonic_increasing
+    assert "runner: sweep of 6 jobs, best first" in done.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best_run_id"] == summary.loc[0, "mlflow_run_id"]
+    assert parent.data.metrics["best_final_loss"] == summary.loc[0, "final_loss"]
+    assert [a.path for a in client.list_artifacts(parent_id)] == ["summary.csv"]
+
+    children = {r.info.run_id: r for r in _children(client, parent_id)}
+    assert set(children) == set(summary["mlflow_run_id"])
+    for row in summary.itertuples():
+        child = children[row.mlflow_run_id]
+        history = client.get_metric_history(row.mlflow_run_id, "loss")
+        assert len(history) == row.epochs_run
+        if row.status == "FINISHED":
+            assert child.info.status == "FINISHED" and row.epochs_run == 30
+        else:
+            assert child.info.status == "FAILED"
+            assert child.data.tags["diverged"] == "true"
+            assert int(child.data.tags["diverged_at_epoch"]) == row.diverged_at_epoch
+            assert all(math.isfinite(m.value) for m in history)

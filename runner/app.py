@@ -26,6 +26,7 @@ from runner.losses import Loss, build_loss
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
 from runner.signals import restore_sigterm, sigterm_raises
+from runner.store import default_tracking_uri, redact, run_name
 
 
 @dataclass
@@ -156,8 +157,8 @@ def _open_tracker(
         return None
     # Imported here: MLflow costs a second or more, and a run with it off should not pay.
     from runner.mlflow_sink import MlflowSink
-    from runner.store import default_tracking_uri
 
+    overrides = [redact(o) for o in overrides]
     tags = {"hydra.output_dir": str(run_dir), "hydra.overrides": " ".join(overrides)}
     commit = _git_commit()
     if commit:
@@ -167,8 +168,8 @@ def _open_tracker(
     return MlflowSink(
         conf.mlflow.tracking_uri or default_tracking_uri(launch_dir),
         conf.mlflow.experiment,
-        run_name=",".join(overrides) or "defaults",
-        params=_flatten(asdict(conf)),
+        run_name=run_name(overrides),
+        params={k: redact(str(v)) for k, v in _flatten(asdict(conf)).items()},
         tags=tags,
     )
 
@@ -209,7 +210,7 @@ def _print_summary(conf: Config, result: Result, csv_path: Path, tracker: Any) -
         print(f"runner: {epochs}, final loss {result.final_loss:.6g} ({params})")
     print(f"runner: csv    {csv_path}")
     if tracker is not None:
-        where = f"'{conf.mlflow.experiment}' at {tracker.tracking_uri}"
+        where = f"'{conf.mlflow.experiment}' at {redact(tracker.tracking_uri)}"
         print(f"runner: mlflow run {tracker.run_id} in {where}")
     else:
         print("runner: mlflow off (mlflow.enabled=false)")

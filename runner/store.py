@@ -1,7 +1,8 @@
-"""Where the MLflow store is, worked out without importing MLflow."""
+"""Where the MLflow store is and how runs are named in it, without importing MLflow."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 SQLITE = "sqlite:///"
@@ -26,3 +27,14 @@ def missing_store_error(tracking_uri: str) -> str | None:
             "run `python -m runner` here first, or pass --tracking-uri"
         )
     return None
+
+
+def redact(text: str) -> str:
+    """Hide the password of a URI such as http://user:secret@host before it is logged."""
+    return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", text)
+
+
+def run_name(overrides: list[str]) -> str:
+    """What a run tried (`optimizer=sgd,lr=0.05`), without where it was logged to."""
+    what = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
+    return ",".join(what) or "defaults"

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.signals import sigterm_raises
-from runner.store import default_tracking_uri
+from runner.store import default_tracking_uri, redact, run_name
 
 PARENT_FILE = "mlflow_parent.json"
 SUMMARY_COLUMNS = [
@@ -59,11 +59,11 @@ class SweepCallback(Callback):
         # Created here, in the launching process and before any job starts: the store's
         # tables and the experiment then exist before parallel jobs race to create them.
         client = MlflowClient(uri)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = [redact(o) for o in config.hydra.overrides.task]
         run = client.create_run(
             experiment_id(client, uri, config.mlflow.experiment),
-            run_name=f"sweep {overrides}".strip(),
-            tags={"runner.sweep_dir": str(sweep_dir), "hydra.overrides": overrides},
+            run_name=f"sweep {run_name(overrides)}",
+            tags={"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides)},
         )
         self.parent = (client, run.info.run_id)
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}) + "\n")

@@ -21,7 +21,7 @@ from runner.config import Config, ConfigError
 from runner.console_sink import ConsoleSink
 from runner.csv_sink import CsvSink
 from runner.data import load_arrays, to_tensors
-from runner.loop import Diverged, train
+from runner.loop import Converged, Diverged, train
 from runner.losses import Loss, build_loss
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
@@ -59,6 +59,7 @@ class Result:
     final: dict[str, float] = field(default_factory=dict)  # final_a, final_b
     mlflow_run_id: str | None = None
     diverged_at_epoch: int | None = None
+    converged_at_epoch: int | None = None  # stop.tol ended the run early
 
 
 def run(
@@ -97,26 +98,34 @@ def _train_into_sinks(
     """The loop feeding every sink; `progress` counts the epochs written so far."""
     with CsvSink(run_dir / "metrics.csv") as csv:
         sinks = [csv, *([tracker] if tracker else []), *_console(conf.print_every)]
+        loop = train(
+            s.model, s.loss_fn, s.optimizer, s.x, s.y,
+            conf.epochs, conf.zero_grad, conf.chunk, conf.stop.tol,
+        )  # fmt: skip
+        ended_early = None
         try:
-            for chunk in train(
-                s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, conf.zero_grad, conf.chunk
-            ):
+            for chunk in loop:
                 for sink in sinks:
                     sink.write(chunk)
                 progress.epochs_run += len(chunk)
-            diverged_at = None
-        except Diverged as err:
-            diverged_at = err.epoch
+        except (Diverged, Converged) as err:
+            ended_early = err
     config_yaml = OmegaConf.to_yaml(conf)
-    if diverged_at is not None:
+    if isinstance(ended_early, Diverged):
         if tracker is not None:
-            tracker.diverged(diverged_at, config_yaml, files=[csv.path])
-        return replace(progress, status="DIVERGED", diverged_at_epoch=diverged_at)
+            tracker.diverged(ended_early.epoch, config_yaml, files=[csv.path])
+        return replace(progress, status="DIVERGED", diverged_at_epoch=ended_early.epoch)
     final = _final_metrics(s)
+    converged_at = ended_early.epoch if ended_early else None
     if tracker is not None:
-        tracker.finish(final, config_yaml, files=[csv.path])
+        tags = {}
+        if converged_at is not None:
+            tags = {"early_stopped": "true", "converged_at_epoch": str(converged_at)}
+        tracker.finish(final, config_yaml, files=[csv.path], tags=tags)
     loss = final.pop("final_loss")
-    return replace(progress, status="FINISHED", final_loss=loss, final=final)
+    return replace(
+        progress, status="FINISHED", final_loss=loss, final=final, converged_at_epoch=converged_at
+    )
 
 
 def _write_result(run_dir: Path, result: Result) -> None:
@@ -208,6 +217,8 @@ def _print_summary(conf: Config, result: Result, csv_path: Path, tracker: Any) -
     else:
         params = ", ".join(f"{k.removeprefix('final_')}={v:.6g}" for k, v in result.final.items())
         print(f"runner: {epochs}, final loss {result.final_loss:.6g} ({params})")
+        if result.converged_at_epoch is not None:
+            print(f"runner: stopped early: the loss changed by less than stop.tol={conf.stop.tol}")
     print(f"runner: csv    {csv_path}")
     if tracker is not None:
         where = f"'{conf.mlflow.experiment}' at {redact(tracker.tracking_uri)}"

@@ -72,12 +72,18 @@ class MlflowConfig:
 
 
 @dataclass
+class StopConfig:
+    tol: Optional[float] = None  # noqa: UP045 - stop once |loss_k - loss_k-1| < tol; null: never
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
     lr: float = 0.05
     epochs: int = 50
     device: str = "cpu"
@@ -108,6 +114,8 @@ def validate(cfg: Config) -> None:
     _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
     _require(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
     _require(cfg.chunk >= 1, "chunk", cfg.chunk, "an integer >= 1")
+    tol = cfg.stop.tol
+    _require(tol is None or (math.isfinite(tol) and tol > 0), "stop.tol", tol, "null or > 0")
     _require(cfg.print_every >= 0, "print_every", cfg.print_every, "an integer >= 0 (0: off)")
     _one_of("device", cfg.device, DEVICES)
     _one_of("loss.name", cfg.loss.name, LOSS_NAMES)

@@ -66,10 +66,15 @@ class MlflowSink:
         ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, final: dict[str, float], config_yaml: str, files: list[Path]) -> None:
-        """Final metrics and artifacts, then FINISHED."""
+    def finish(
+        self, final: dict[str, float], config_yaml: str, files: list[Path], tags: dict[str, str]
+    ) -> None:
+        """Final metrics, tags and artifacts, then FINISHED."""
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
+        metrics = [Metric(k, v, now, 0) for k, v in final.items()]
+        self.client.log_batch(
+            self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+        )
         self._artifacts(config_yaml, files)
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
 

@@ -31,6 +31,7 @@ SUMMARY_COLUMNS = [
     "final_b",
     "epochs_run",
     "diverged_at_epoch",
+    "converged_at_epoch",
     "mlflow_run_id",
 ]
 STATUS_ORDER = {"FINISHED": 0, "DIVERGED": 1, "KILLED": 2, "FAILED": 3}
@@ -109,7 +110,9 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
             row |= {"status": "FAILED", "final_loss": math.inf}
         rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    summary = summary.astype({"epochs_run": "Int64", "diverged_at_epoch": "Int64"})
+    summary = summary.astype(
+        {"epochs_run": "Int64", "diverged_at_epoch": "Int64", "converged_at_epoch": "Int64"}
+    )
     summary["rank"] = summary["status"].map(STATUS_ORDER)
     summary = summary.sort_values(["rank", "final_loss", "job"]).drop(columns="rank")
     return summary.reset_index(drop=True)

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support import train_history
+from support import make_config, train_history
 
-from runner.loop import train
+from runner.app import build
+from runner.loop import Converged, Diverged, train
 from runner.model import Linear
 
 COMBOS = list(itertools.product(["manual", "mse"], ["manual", "sgd"]))
@@ -116,3 +117,55 @@ def test_final_parameters_are_after_the_last_step() -> None:
     lr = np.float32(0.05)
     assert s.model.a.item() == a2 - lr * ga
     assert s.model.b.item() == b2 - lr * gb
+
+
+@pytest.mark.parametrize("chunk", [5, 1000])
+def test_divergence_keeps_the_finite_rows_and_stops(chunk: int) -> None:
+    with pytest.raises(Diverged) as caught:
+        train_history("experiment=seed_002", "lr=1.5", f"chunk={chunk}")
+    assert caught.value.epoch == 16
+    conf = make_config("experiment=seed_002", "lr=1.5", f"chunk={chunk}")
+    s = build(conf, None)
+    kept = []
+    with pytest.raises(Diverged):
+        for frame in train(s.model, s.loss_fn, s.optimizer, s.x, s.y, 50, chunk=chunk):
+            kept.append(frame)
+    history = pd.concat(kept)
+    assert history["epoch"].tolist() == list(range(16))
+    assert np.isfinite(history.to_numpy()).all()
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_tolerance_stops_at_the_first_small_change_with_exact_parameters(chunk: int) -> None:
+    full, _ = train_history("experiment=seed_002", "epochs=50")
+    change = full["loss"].diff().abs()
+    k = int(np.flatnonzero(change < 1e-4)[0])
+    conf = make_config("experiment=seed_002", "stop.tol=1e-4", f"chunk={chunk}")
+    s = build(conf, None)
+    kept = []
+    with pytest.raises(Converged) as caught:
+        for frame in train(s.model, s.loss_fn, s.optimizer, s.x, s.y, 50, chunk=chunk, tol=1e-4):
+            kept.append(frame)
+    assert caught.value.epoch == k
+    pd.testing.assert_frame_equal(pd.concat(kept, ignore_index=True), full.iloc[: k + 1])
+    # The model holds the parameters after step k, as if it had stopped right there.
+    assert (s.model.a.item(), s.model.b.item()) == tuple(full.loc[k + 1, ["a", "b"]])
+
+
+def test_interrupt_hands_out_the_completed_epochs_first() -> None:
+    s = build(make_config("experiment=seed_002"), None)
+    calls = 0
+
+    def loss_then_ctrl_c(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 14:  # during epoch 13
+            raise KeyboardInterrupt
+        return ((y_hat - y) ** 2).mean()
+
+    kept = []
+    with pytest.raises(KeyboardInterrupt):
+        for frame in train(s.model, loss_then_ctrl_c, s.optimizer, s.x, s.y, 50, chunk=5):
+            kept.append(frame)
+    assert [len(f) for f in kept] == [5, 5, 3]
+    assert pd.concat(kept)["epoch"].tolist() == list(range(13))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from runner.cleanup import process_tags
 from runner.config import Config, ConfigError
 from runner.console_sink import ConsoleSink
 from runner.csv_sink import CsvSink
@@ -25,8 +26,8 @@ from runner.loop import Converged, Diverged, train
 from runner.losses import Loss, build_loss
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
-from runner.signals import restore_sigterm, sigterm_raises
-from runner.store import default_tracking_uri, redact, run_name
+from runner.signals import interrupts_deferred, restore_sigterm, sigterm_raises
+from runner.store import default_tracking_uri, redact, run_name, server_problem
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Result:
     mlflow_run_id: str | None = None
     diverged_at_epoch: int | None = None
     converged_at_epoch: int | None = None  # stop.tol ended the run early
+    tracking_error: str | None = None  # MLflow failed mid-run; the CSV went on alone
 
 
 def run(
@@ -82,7 +84,7 @@ def run(
     except BaseException as err:
         progress.status = "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED"
         if tracker is not None:
-            tracker.abort(progress.status)
+            _tracked(progress, tracker.abort, progress.status)
         _write_result(run_dir, progress)
         raise
     finally:
@@ -95,9 +97,9 @@ def run(
 def _train_into_sinks(
     conf: Config, s: Setup, run_dir: Path, tracker: Any, progress: Result
 ) -> Result:
-    """The loop feeding every sink; `progress` counts the epochs written so far."""
+    """The loop feeding the sinks; `progress` counts the epochs written so far."""
     with CsvSink(run_dir / "metrics.csv") as csv:
-        sinks = [csv, *([tracker] if tracker else []), *_console(conf.print_every)]
+        console = _console(conf.print_every)
         loop = train(
             s.model, s.loss_fn, s.optimizer, s.x, s.y,
             conf.epochs, conf.zero_grad, conf.chunk, conf.stop.tol,
@@ -105,15 +107,19 @@ def _train_into_sinks(
         ended_early = None
         try:
             for chunk in loop:
-                for sink in sinks:
-                    sink.write(chunk)
-                progress.epochs_run += len(chunk)
+                with interrupts_deferred():  # a chunk reaches every sink, or none
+                    csv.write(chunk)  # first: the CSV is the record that must never miss a row
+                    progress.epochs_run += len(chunk)
+                    if tracker is not None and not _tracked(progress, tracker.write, chunk):
+                        tracker = None  # the store is gone: train on, with the CSV alone
+                    for sink in console:
+                        sink.write(chunk)
         except (Diverged, Converged) as err:
             ended_early = err
     config_yaml = OmegaConf.to_yaml(conf)
     if isinstance(ended_early, Diverged):
         if tracker is not None:
-            tracker.diverged(ended_early.epoch, config_yaml, files=[csv.path])
+            _tracked(progress, tracker.diverged, ended_early.epoch, config_yaml, [csv.path])
         return replace(progress, status="DIVERGED", diverged_at_epoch=ended_early.epoch)
     final = _final_metrics(s)
     converged_at = ended_early.epoch if ended_early else None
@@ -121,11 +127,27 @@ def _train_into_sinks(
         tags = {}
         if converged_at is not None:
             tags = {"early_stopped": "true", "converged_at_epoch": str(converged_at)}
-        tracker.finish(final, config_yaml, files=[csv.path], tags=tags)
+        _tracked(progress, tracker.finish, final, config_yaml, [csv.path], tags)
     loss = final.pop("final_loss")
     return replace(
         progress, status="FINISHED", final_loss=loss, final=final, converged_at_epoch=converged_at
     )
+
+
+def _tracked(progress: Result, action: Any, *args: Any) -> bool:
+    """Call the MLflow sink; on failure say so in one line and note it instead of raising."""
+    try:
+        action(*args)
+        return True
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        progress.tracking_error = f"{type(err).__name__}: {reason}"
+        print(
+            f"runner: error: MLflow failed at epoch {progress.epochs_run} "
+            f"({progress.tracking_error[:300]}); the CSV keeps every epoch",
+            file=sys.stderr,
+        )
+        return False
 
 
 def _write_result(run_dir: Path, result: Result) -> None:
@@ -164,18 +186,23 @@ def _open_tracker(
 ) -> Any:
     if not conf.mlflow.enabled:
         return None
+    uri = conf.mlflow.tracking_uri or default_tracking_uri(launch_dir)
+    if not conf.mlflow.required and (problem := server_problem(uri)):
+        print(f"runner: mlflow skipped: {redact(uri)} does not answer ({problem}); CSV only")
+        return None
     # Imported here: MLflow costs a second or more, and a run with it off should not pay.
     from runner.mlflow_sink import MlflowSink
 
     overrides = [redact(o) for o in overrides]
     tags = {"hydra.output_dir": str(run_dir), "hydra.overrides": " ".join(overrides)}
+    tags |= process_tags()  # lets `python -m runner.cleanup` end the run if we are killed
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id  # the dashboard nests the run under its sweep
     return MlflowSink(
-        conf.mlflow.tracking_uri or default_tracking_uri(launch_dir),
+        uri,
         conf.mlflow.experiment,
         run_name=run_name(overrides),
         params={k: redact(str(v)) for k, v in _flatten(asdict(conf)).items()},

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +23,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from runner.config import Config, ConfigError, load
 from runner.data import load_arrays
+from runner.signals import Terminated
+from runner.store import TrackingUnavailable, redact, server_problem
 from runner.sweep import parent_run_id
 
 
@@ -39,14 +43,21 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def main() -> None:
+    # A dead tracking server should cost seconds of retries, not minutes (users may override).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     try:
         check_command_line(sys.argv[1:])
         _hydra_main()
     except ConfigError as err:
         _exit_with(err)
     except KeyboardInterrupt:
-        print("runner: interrupted (Ctrl-C)", file=sys.stderr)
+        print("runner: interrupted (Ctrl-C); the runs so far are ended as KILLED", file=sys.stderr)
         raise SystemExit(130) from None
+    except Terminated as err:
+        print("runner: terminated (SIGTERM); the runs so far are ended as KILLED", file=sys.stderr)
+        raise SystemExit(err.code) from None
 
 
 def _exit_with(err: ConfigError) -> None:
@@ -72,7 +83,10 @@ def _hydra_main(cfg: DictConfig) -> float:
     except ConfigError as err:  # found only on the machine itself, e.g. device=cuda
         _exit_with(err)
         raise  # unreachable; keeps type checkers content
-    if result.status == "DIVERGED" and not multirun:
+    except TrackingUnavailable as err:
+        print(f"runner: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if (result.status == "DIVERGED" or result.tracking_error) and not multirun:
         raise SystemExit(1)
     # A sweep goes on past a diverged job: inf ranks it last, and Optuna records a bad trial.
     return result.final_loss
@@ -99,8 +113,16 @@ def check_command_line(argv: list[str]) -> None:
             swept = o.input_line.split("=", 1)[1]
             raise ConfigError(o.get_key_element(), swept, "a single value (add -m to sweep)")
         variants += [[*fixed, f"{o.get_key_element()}={v}"] for v in _sweep_values(o)]
-    for variant in variants:
-        _check(variant)
+    confs = [_check(variant, multirun) for variant in variants]
+    _check_tracking(confs[0])
+
+
+def _check_tracking(conf: Config) -> None:
+    """A tracking server that does not answer is found now, not after minutes of retries."""
+    uri = conf.mlflow.tracking_uri
+    if conf.mlflow.enabled and conf.mlflow.required and uri and (problem := server_problem(uri)):
+        allowed = f"an MLflow server that answers ({problem}), or mlflow.required=false"
+        raise ConfigError("mlflow.tracking_uri", redact(uri), allowed)
 
 
 def _parse(arg: str) -> Override:
@@ -131,18 +153,40 @@ def _sweep_values(o: Override) -> Iterator[str]:
         return iter(())
 
 
-def _check(overrides: list[str]) -> None:
+def _check(overrides: list[str], multirun: bool) -> Config:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            output = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+            _check_output_dir(output, str(OmegaConf.select(cfg, output)))
+    except ConfigError:
+        raise
     except Exception as err:
         raise _explain(err, overrides) from None
+    with open_dict(cfg):
+        del cfg["hydra"]
     _refuse_unknown_keys(cfg)
     conf = load(cfg)
     if conf.data.kind == "csv":
         load_arrays(conf.data, conf.seed, Path.cwd())  # reads and checks the file
     if conf.device == "cuda" and not _cuda_possible():
         raise ConfigError("device", "cuda", "cpu or auto (no CUDA build of torch or no GPU here)")
+    return conf
+
+
+def _check_output_dir(key: str, directory: str) -> None:
+    """Hydra will create this directory: make sure it can, and leave nothing behind."""
+    path = Path(directory).absolute()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        tempfile.TemporaryDirectory(dir=existing).cleanup()  # the probe removes itself
+        if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{existing} is not writable")
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(key, directory, f"a directory that can be written ({reason})") from None
 
 
 def _refuse_unknown_keys(cfg: object) -> None:

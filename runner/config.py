@@ -67,6 +67,7 @@ class DataConfig:
 @dataclass
 class MlflowConfig:
     enabled: bool = True
+    required: bool = True  # false: when the store cannot be reached, train with the CSV only
     tracking_uri: Optional[str] = None  # noqa: UP045 - null: sqlite:///<launch dir>/mlflow.db
     experiment: str = "runner"
 

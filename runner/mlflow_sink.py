@@ -7,6 +7,7 @@ collide.
 
 from __future__ import annotations
 
+import fcntl
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,24 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from runner.store import sqlite_path
+from runner.store import TrackingUnavailable, redact, sqlite_path
+
+
+def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
+    """A client of the store and the experiment's id, both created on first use.
+
+    For a local SQLite store this holds a file lock: two sweeps started at once on a new
+    store would otherwise both create its tables, and one would fail.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        client = MlflowClient(tracking_uri)
+        return client, experiment_id(client, tracking_uri, name)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri)  # opening the store may create or migrate it
+        return client, experiment_id(client, tracking_uri, name)
 
 
 def experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
@@ -47,13 +65,18 @@ class MlflowSink:
         tags: dict[str, str],
     ) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
-        self.experiment_id = experiment_id(self.client, tracking_uri, experiment)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        self.client.log_batch(
-            self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
-        )
+        try:
+            self.client, self.experiment_id = open_experiment(tracking_uri, experiment)
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            self.client.log_batch(
+                self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
+            )
+        except Exception as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise TrackingUnavailable(
+                f"cannot open an MLflow run at {redact(tracking_uri)}: {reason}"
+            ) from err
 
     def write(self, chunk: pd.DataFrame) -> None:
         """Log a chunk of epochs as metrics with step=epoch; the client splits it into batches."""

@@ -1,9 +1,16 @@
-"""SIGTERM as an exception, so a killed run unwinds like Ctrl-C and ends its MLflow run."""
+"""Signals: SIGTERM as an exception, so a killed run unwinds like Ctrl-C and ends its
+MLflow run; and chunks that are written whole even when a signal arrives meanwhile."""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Terminated(SystemExit):
@@ -25,3 +32,28 @@ def sigterm_raises() -> Any:
 def restore_sigterm(previous: Any) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them as usual.
+
+    Around the write of one chunk this keeps the sinks in step: every sink gets the
+    chunk or none does, instead of the CSV holding epochs that MLflow rolled back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            handler = previous[held[0]]
+            if callable(handler):
+                handler(held[0], None)  # raises KeyboardInterrupt or Terminated
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), held[0])

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 SQLITE = "sqlite:///"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow store could not be opened; the message is one line, password-free."""
 
 
 def default_tracking_uri(launch_dir: Path) -> str:
@@ -38,3 +44,17 @@ def run_name(overrides: list[str]) -> str:
     """What a run tried (`optimizer=sgd,lr=0.05`), without where it was logged to."""
     what = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
     return ",".join(what) or "defaults"
+
+
+def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:
+    """For an http(s) tracking URI: why its server does not answer, or None when it does."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError as err:  # it answers, if not on /health: let MLflow judge
+        return None if err.code < 500 else f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return str(reason)

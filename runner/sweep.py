@@ -18,6 +18,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.cleanup import process_tags
 from runner.signals import sigterm_raises
 from runner.store import default_tracking_uri, redact, run_name
 
@@ -52,19 +53,16 @@ class SweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.mlflow.enabled:
             return
-        from mlflow import MlflowClient
-
-        from runner.mlflow_sink import experiment_id
+        from runner.mlflow_sink import open_experiment
 
         uri = config.mlflow.tracking_uri or default_tracking_uri(Path(config.hydra.runtime.cwd))
         # Created here, in the launching process and before any job starts: the store's
         # tables and the experiment then exist before parallel jobs race to create them.
-        client = MlflowClient(uri)
+        client, experiment = open_experiment(uri, config.mlflow.experiment)
         overrides = [redact(o) for o in config.hydra.overrides.task]
+        tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides)}
         run = client.create_run(
-            experiment_id(client, uri, config.mlflow.experiment),
-            run_name=f"sweep {run_name(overrides)}",
-            tags={"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides)},
+            experiment, run_name=f"sweep {run_name(overrides)}", tags=tags | process_tags()
         )
         self.parent = (client, run.info.run_id)
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}) + "\n")

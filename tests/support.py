@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -35,13 +40,79 @@ def train_history(*overrides: str) -> tuple[pd.DataFrame, object]:
     return pd.concat(list(chunks), ignore_index=True), s
 
 
+def runner_env() -> dict[str, str]:
+    """This environment without settings that would change how Hydra or MLflow behave."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "MLFLOW_"))}
+
+
+def start_runner(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """`python -m runner ARGS...` in the background (SIGINT reaches it as Ctrl-C would)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=runner_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_rows(csv: Path, rows: int = 1, timeout: float = 120) -> None:
+    """Until the CSV holds at least `rows` data rows."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if csv.is_file() and csv.read_text().count("\n") > rows:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{csv} did not reach {rows} rows")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_dashboard(home: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """`python -m runner.dashboard` (a real `mlflow server` on 127.0.0.1) on home's store,
+    created here if new; returns its URL once it answers."""
+    from mlflow import MlflowClient
+
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates the store
+    port = free_port()
+    with (home / "server.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runner.dashboard", "--port", str(port)],
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers share the group, so stopping it stops all
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return url, process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_dashboard(process)
+                raise RuntimeError((home / "server.log").read_text()[-3000:]) from None
+            time.sleep(0.5)
+
+
+def stop_dashboard(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    process.wait(timeout=30)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`python -m runner ARGS...` in a subprocess, as a user types it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "MLFLOW_"))}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
-        env=env,
+        env=runner_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -4,22 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
-from support import REPO, run_cli
+from support import REPO, run_cli, start_dashboard, stop_dashboard
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots, kept for a person to look at
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,12 +24,6 @@ HEADLESS = [
     "--disable-quic", "--window-size=1400,900",
     "--virtual-time-budget=20000",  # lets the single-page app fetch and render the runs
 ]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -53,35 +42,9 @@ def _post(url: str, body: dict) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The dashboard command on a fresh SQLite store; yields its base URL."""
-    from mlflow import MlflowClient
-
-    home = tmp_path_factory.mktemp("dashboard")
-    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates the store
-    port = _free_port()
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner.dashboard", "--port", str(port)],
-        cwd=home,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers share the group, so teardown stops them all
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail((home / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+    url, process = start_dashboard(tmp_path_factory.mktemp("dashboard"))
+    yield url
+    stop_dashboard(process)
 
 
 @pytest.fixture(scope="module")

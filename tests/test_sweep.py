@@ -92,22 +92,25 @@ def _assert_complete_sweep(client: MlflowClient, sweep_dir: Path, jobs: int, epo
     assert client.get_run(parent_id).info.status == "FINISHED"
     children = _children(client, parent_id)
     assert len(children) == jobs
+    points = 0
     for child in children:
         assert child.info.status == "FINISHED", child.info.run_name
         for name in ("loss", "a", "b", "grad_a", "grad_b"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
             assert sorted(steps) == list(range(epochs)), (child.info.run_name, name)
+            points += len(steps)
+    assert points == jobs * epochs * 5  # zero lost metric points
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert len(summary) == jobs and set(summary["status"]) == {"FINISHED"}
     assert set(summary["mlflow_run_id"]) == {c.info.run_id for c in children}
 
 
 @pytest.mark.slow
-def test_parallel_sweep_of_20_jobs_on_4_workers_loses_nothing(tmp_path: Path) -> None:
+def test_parallel_sweep_of_20_jobs_on_8_workers_loses_nothing(tmp_path: Path) -> None:
     done = run_cli(
         "-m",
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=4",
+        "hydra.launcher.n_jobs=8",
         "lr=range(0.01,0.21,0.01)",
         "epochs=40",
         "chunk=16",  # several log_batch calls per job, interleaved across the workers

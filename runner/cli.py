@@ -24,7 +24,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from runner.config import Config, ConfigError, load
 from runner.data import load_arrays
@@ -165,8 +165,11 @@ def _check(overrides: list[str], multirun: bool) -> Config:
         raise _explain(err, overrides) from None
     with open_dict(cfg):
         del cfg["hydra"]
-    _refuse_unknown_keys(cfg)
-    conf = load(cfg)
+    try:
+        _refuse_unknown_keys(cfg)
+        conf = load(cfg)
+    except OmegaConfBaseException as err:  # e.g. lr=${lr}: a value that does not resolve
+        raise _explain(err, overrides) from None
     if conf.data.kind == "csv":
         load_arrays(conf.data, conf.seed, Path.cwd())  # reads and checks the file
     if conf.device == "cuda" and not _cuda_possible():
@@ -228,14 +231,22 @@ def _explain(err: Exception, overrides: list[str]) -> ConfigError:
         key = str(cause.full_key)
         value = given.get(key, given.get("+" + key))
         return ConfigError(key, value, _known_keys_hint(key, OmegaConf.structured(Config)))
+    if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+        cause = err  # raised by OmegaConf itself, not wrapped by Hydra
     if isinstance(cause, ValidationError):
         key = str(cause.full_key)
         value = given.get(
             re.sub(r"\[\d+\]$", "", key), cause.value if hasattr(cause, "value") else None
         )
         return ConfigError(key, value, _expected_type(str(cause)))
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ConfigError("config", " ".join(overrides), first_line)
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = str(cause.full_key)
+        return ConfigError(key, given.get(key), _first_line(cause))
+    return ConfigError("config", " ".join(overrides), _first_line(err))
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _expected_type(message: str) -> str:

@@ -39,7 +39,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ConfigError("data.path", shown, "an existing CSV file with columns x and y")
     try:
-        frame = pd.read_csv(path)
+        # As text, so an error can quote the cell exactly as the file has it.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError("data.path", shown, f"a readable CSV ({first_line})") from None
@@ -55,7 +56,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
         if bad.any():
             row = int(np.argmax(bad))
-            held = frame[name].iloc[row]
+            held = str(frame[name].iloc[row])
             allowed = f"finite numbers in column {name} (data row {row + 1} holds {held!r})"
             raise ConfigError("data.path", shown, allowed)
         columns.append(values.to_numpy(dtype=np.float32))

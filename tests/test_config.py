@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import make_config
 
 from runner.cli import check_command_line
@@ -105,3 +107,27 @@ def test_device_cuda_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -
 def test_hydra_flags_are_left_to_hydra() -> None:
     check_command_line(["--help"])
     check_command_line(["--cfg", "job", "lr=0"])  # Hydra prints the config; nothing runs
+
+
+KEYS = ["lr", "epochs", "device", "seed", "zero_grad", "chunk", "print_every", "model", "loss",
+        "optimizer", "data", "model.a", "model.init", "data.x", "data.kind", "stop.tol",
+        "mlflow.enabled", "experiment", "+lr", "~epochs", "lrr", "+newkey", "data.n"]  # fmt: skip
+ODD_VALUES = ["0", "-1", "1e-3", "nan", "inf", "-inf", "null", "true", "[1,2]", "[]", "{}",
+              "abc", "'quoted'", "1.5", "cuda", "tpu", "manual", "sgd", "csv", "seed_000",
+              "${lr}", "${nope}", "[1,", "0.1,0.2", "range(1,3)", ""]  # fmt: skip
+VALUES = st.one_of(
+    st.sampled_from(ODD_VALUES),
+    st.text(max_size=12),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.integers(-(10**12), 10**12).map(str),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.one_of(st.sampled_from(KEYS), st.text(max_size=10)), value=VALUES)
+def test_any_override_is_a_valid_config_or_one_clear_line(key: str, value: str) -> None:
+    try:
+        check_command_line([f"{key}={value}"])
+    except ConfigError as err:
+        message = str(err)
+        assert message and "\n" not in message and " is not allowed: " in message

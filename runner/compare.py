@@ -36,17 +36,25 @@ def param_types(schema: type = Config, prefix: str = "") -> dict[str, Any]:
 
 
 def cast_param(text: str | None, hint: Any) -> Any:
-    """A logged param string back as its config type (MLflow stores every param as text)."""
+    """A logged param string back as its config type (MLflow stores every param as text).
+
+    Params outside the schema (optimum.a, stable_lr_max, ...) come back as numbers where
+    they are numbers."""
     if text is None or text == "None":
         return None
-    base = {t for t in typing.get_args(hint) if t is not type(None)} or {hint}
-    kind = typing.get_origin(next(iter(base))) or next(iter(base))
-    if kind is bool:
-        return text == "True"
-    if kind in (int, float):
-        return kind(text)
-    if kind is list:
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is list:
         return ast.literal_eval(text)
+    if hint is bool:
+        return text == "True"
+    if hint in (int, float):
+        return hint(text)
+    if hint is None:
+        try:
+            return float(text)
+        except ValueError:
+            return text
     return text
 
 
@@ -80,7 +88,7 @@ def runs_frame(runs: list[Any]) -> pd.DataFrame:
             "diverged": r.data.tags.get("diverged") == "true",
         }
         row |= {k: v for k, v in r.data.metrics.items() if k.startswith(("final_", "best_"))}
-        row |= {k: cast_param(v, types.get(k, str)) for k, v in r.data.params.items()}
+        row |= {k: cast_param(v, types.get(k)) for k, v in r.data.params.items()}
         rows.append(row)
     frame = pd.DataFrame(rows)
     if "final_loss" in frame:

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+
+def _conf_dir() -> Path:
+    packaged = Path(__file__).parent / "conf"  # a wheel install carries the YAML inside
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "conf"
+
+
+CONF_DIR = _conf_dir()  # the YAML files: config.yaml and one folder per config group
+
 # The registries in runner/losses.py and runner/optimizers.py are keyed by these names
 # (they assert so on import); the names live here so checking them needs no torch.
 LOSS_NAMES = ("manual", "mse")
-OPTIMIZER_NAMES = ("manual", "sgd")
+OPTIMIZER_NAMES = ("manual", "sgd", "adam")
 DEVICES = ("cpu", "cuda", "auto")
 INITS = ("fixed", "random")
 DATA_KINDS = ("inline", "synthetic", "csv")
@@ -46,6 +55,11 @@ class LossConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "manual"
+    momentum: float = 0.0  # manual, sgd
+    nesterov: bool = False  # manual, sgd
+    weight_decay: float = 0.0  # every optimizer: adds weight_decay * p to the gradient
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # noqa: UP006 - adam
+    eps: float = 1e-8  # adam
 
 
 @dataclass
@@ -92,6 +106,11 @@ class Config:
     zero_grad: bool = True  # false: gradients accumulate across epochs, as in seed 001
     chunk: int = 1000  # epochs of history kept on the device between two host copies
     print_every: int = 0  # print every N-th epoch's row as the notebooks do; 0: summary only
+    check_grad: bool = False  # compare autograd's gradient with the analytic one every epoch
+    check_grad_tol: float = 1e-4  # ... and fail the run when they differ by more (relative)
+    plots: Optional[bool] = None  # noqa: UP045 - PNGs of the run; null: yes, unless in a sweep
+    progress: bool = True  # a progress bar on a terminal, for runs that last a while
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
 
 
 ConfigStore.instance().store(name="schema", node=Config)
@@ -117,10 +136,19 @@ def validate(cfg: Config) -> None:
     _require(cfg.chunk >= 1, "chunk", cfg.chunk, "an integer >= 1")
     tol = cfg.stop.tol
     _require(tol is None or (math.isfinite(tol) and tol > 0), "stop.tol", tol, "null or > 0")
+    _require(
+        math.isfinite(cfg.check_grad_tol) and cfg.check_grad_tol > 0,
+        "check_grad_tol", cfg.check_grad_tol, "a number > 0",
+    )  # fmt: skip
+    _require(
+        not (cfg.check_grad and not cfg.zero_grad), "check_grad", True,
+        "false with zero_grad=false (accumulated gradients are not the analytic gradient)",
+    )  # fmt: skip
     _require(cfg.print_every >= 0, "print_every", cfg.print_every, "an integer >= 0 (0: off)")
     _one_of("device", cfg.device, DEVICES)
     _one_of("loss.name", cfg.loss.name, LOSS_NAMES)
     _one_of("optimizer.name", cfg.optimizer.name, OPTIMIZER_NAMES)
+    _validate_optimizer(cfg.optimizer)
     _one_of("model.init", cfg.model.init, INITS)
     _finite("model.a", cfg.model.a)
     _finite("model.b", cfg.model.b)
@@ -129,6 +157,23 @@ def validate(cfg: Config) -> None:
     )
     _require(bool(cfg.mlflow.experiment), "mlflow.experiment", cfg.mlflow.experiment, "a name")
     _validate_data(cfg.data)
+
+
+def _validate_optimizer(opt: OptimizerConfig) -> None:
+    _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "a number in [0, 1)")
+    _require(
+        not opt.nesterov or opt.momentum > 0, "optimizer.nesterov", True, "false when momentum=0"
+    )
+    _require(
+        math.isfinite(opt.weight_decay) and opt.weight_decay >= 0,
+        "optimizer.weight_decay", opt.weight_decay, "a number >= 0",
+    )  # fmt: skip
+    betas_ok = len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas)
+    _require(betas_ok, "optimizer.betas", opt.betas, "two numbers in [0, 1)")
+    _require(math.isfinite(opt.eps) and opt.eps > 0, "optimizer.eps", opt.eps, "a number > 0")
+    if opt.name == "adam":
+        _require(not opt.momentum and not opt.nesterov, "optimizer.momentum", opt.momentum,
+                 "0 with adam (its betas play that part)")  # fmt: skip
 
 
 def _validate_data(data: DataConfig) -> None:

@@ -1,4 +1,4 @@
-"""Console sink: every N-th epoch printed like seed 002's training loop, as chunks arrive."""
+"""Console sinks: every N-th epoch printed like seed 002 does, and a progress bar."""
 
 from __future__ import annotations
 
@@ -18,3 +18,23 @@ class ConsoleSink:
             values = ", ".join(f"{n}={getattr(row, n)!r}" for n in names)
             print(f"Epoch {row.epoch}: loss={row.loss!r}, {values}")
         sys.stdout.flush()
+
+
+class ProgressSink:
+    """A tqdm bar with the current loss, shown once a run has lasted two seconds.
+
+    It moves one chunk at a time (the loop hands out nothing in between), so a long
+    run with the default chunk of 1000 epochs moves in steps of 1000.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=epochs, unit="epoch", delay=2.0, dynamic_ncols=True, leave=False)
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        self.bar.update(len(chunk))
+        self.bar.set_postfix(loss=f"{chunk['loss'].iloc[-1]:.4g}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

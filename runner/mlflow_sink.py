@@ -8,6 +8,7 @@ collide.
 from __future__ import annotations
 
 import fcntl
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from runner.store import TrackingUnavailable, redact, sqlite_path
 
 
+@functools.cache  # once per process: the jobs of a basic-launcher sweep share the store
 def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
     """A client of the store and the experiment's id, both created on first use.
 
@@ -101,10 +103,10 @@ class MlflowSink:
         self._artifacts(config_yaml, files)
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
-    def diverged(self, epoch: int, config_yaml: str, files: list[Path]) -> None:
-        """FAILED and tagged with the epoch; no final metrics, which would be inf or NaN."""
-        tags = [RunTag("diverged", "true"), RunTag("diverged_at_epoch", str(epoch))]
-        self.client.log_batch(self.run_id, tags=tags)
+    def failed(self, tags: dict[str, str], config_yaml: str, files: list[Path]) -> None:
+        """FAILED, tagged with why (e.g. diverged_at_epoch); no final metrics, which could
+        be inf or NaN."""
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self._artifacts(config_yaml, files)
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
 

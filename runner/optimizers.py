@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from runner.config import OPTIMIZER_NAMES
+from runner.config import OPTIMIZER_NAMES, OptimizerConfig
 
 
 class Optimizer(Protocol):
@@ -16,11 +16,29 @@ class Optimizer(Protocol):
 
 
 class ManualSGD:
-    """Plain gradient descent written out: p -= lr * p.grad, as in seeds 000 and 003."""
+    """Gradient descent written out, as in seeds 000 and 003: p <- p - lr * p.grad.
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float) -> None:
+    With momentum it keeps a velocity per parameter, v = momentum * v + g (the first
+    v is g itself), and steps along v, or along g + momentum * v with Nesterov: the
+    same arithmetic, in the same order, as torch.optim.SGD, so the numbers match.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
         self.params = list(params)
-        self.lr = lr
+        self.lr, self.momentum, self.nesterov, self.weight_decay = (
+            lr,
+            momentum,
+            nesterov,
+            weight_decay,
+        )
+        self.velocity: list[torch.Tensor | None] = [None] * len(self.params)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -29,20 +47,41 @@ class ManualSGD:
 
     @torch.no_grad()  # the update itself must not become part of the autograd graph
     def step(self) -> None:
-        for p in self.params:
-            p -= self.lr * p.grad
+        for i, p in enumerate(self.params):
+            g = p.grad
+            # Sums of a term and a scaled term use add's alpha, as torch.optim.SGD does:
+            # one rounding instead of two, so the two stay equal bit for bit.
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            if self.momentum:
+                v = self.velocity[i]
+                v = g.clone() if v is None else self.momentum * v + g
+                self.velocity[i] = v
+                g = g.add(v, alpha=self.momentum) if self.nesterov else v
+            p.add_(g, alpha=-self.lr)  # `p -= lr * g` would drift by an ulp now and then
 
 
-def torch_sgd(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=lr)
+def _manual(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimizerConfig) -> Optimizer:
+    return ManualSGD(params, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], float], Optimizer]] = {
-    "manual": ManualSGD,
-    "sgd": torch_sgd,
-}
+def _sgd(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimizerConfig) -> Optimizer:
+    return torch.optim.SGD(
+        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+
+
+def _adam(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimizerConfig) -> Optimizer:
+    betas = (cfg.betas[0], cfg.betas[1])
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], float, OptimizerConfig], Optimizer]]
+OPTIMIZERS = {"manual": _manual, "sgd": _sgd, "adam": _adam}
 assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES, "runner/config.py must list the same names"
 
 
-def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float) -> Optimizer:
-    return OPTIMIZERS[name](params, lr)
+def build_optimizer(
+    cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter], lr: float
+) -> Optimizer:
+    return OPTIMIZERS[cfg.name](params, lr, cfg)

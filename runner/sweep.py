@@ -18,6 +18,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.checks import task_overrides
 from runner.cleanup import process_tags
 from runner.signals import sigterm_raises
 from runner.store import default_tracking_uri, redact, run_name
@@ -27,6 +28,8 @@ SUMMARY_COLUMNS = [
     "job",
     "overrides",
     "status",
+    "lr",
+    "stable_lr_max",
     "final_loss",
     "final_a",
     "final_b",
@@ -59,7 +62,7 @@ class SweepCallback(Callback):
         # Created here, in the launching process and before any job starts: the store's
         # tables and the experiment then exist before parallel jobs race to create them.
         client, experiment = open_experiment(uri, config.mlflow.experiment)
-        overrides = [redact(o) for o in config.hydra.overrides.task]
+        overrides = [redact(o) for o in task_overrides(config)]
         tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides)}
         run = client.create_run(
             experiment, run_name=f"sweep {run_name(overrides)}", tags=tags | process_tags()
@@ -78,8 +81,9 @@ class SweepCallback(Callback):
         shown = summary[["overrides", "status", "final_loss", "final_a", "final_b"]]
         print(f"runner: sweep of {len(summary)} jobs, best first ({path}):")
         print(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+        pictures = _sweep_plots(summary, sweep_dir)
         if self.parent is not None:
-            _log_summary(*self.parent, summary, path)
+            _log_summary(*self.parent, summary, [path, *pictures])
             self._end_parent("FINISHED")
 
     def _end_parent(self, status: str) -> None:
@@ -116,10 +120,21 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     return summary.reset_index(drop=True)
 
 
-def _log_summary(client: Any, run_id: str, summary: pd.DataFrame, path: Path) -> None:
+def _sweep_plots(summary: pd.DataFrame, sweep_dir: Path) -> list[Path]:
+    from runner.plots import sweep_plots
+
+    try:
+        return sweep_plots(summary, sweep_dir)
+    except Exception as err:  # a picture is not worth a failed sweep
+        print(f"runner: warning: sweep plots skipped ({type(err).__name__}: {err})")
+        return []
+
+
+def _log_summary(client: Any, run_id: str, summary: pd.DataFrame, files: list[Path]) -> None:
     from mlflow.entities import Metric, RunTag
 
-    client.log_artifact(run_id, str(path))
+    for path in files:
+        client.log_artifact(run_id, str(path))
     counts = summary["status"].value_counts()
     tags = [RunTag(f"jobs.{status.lower()}", str(n)) for status, n in counts.items()]
     metrics = []

@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 from hydra import compose, initialize_config_dir
 
-from runner.cli import CONF_DIR
-from runner.config import Config, load
+from runner.config import CONF_DIR, Config, load
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,15 +28,11 @@ def make_config(*overrides: str) -> Config:
 
 def train_history(*overrides: str) -> tuple[pd.DataFrame, object]:
     """The whole per-epoch history of a run (no sinks), and its Setup after training."""
-    from runner.app import build
-    from runner.loop import train
+    from runner.app import build, epoch_loop
 
     conf = make_config(*overrides)
     s = build(conf, Path.cwd())
-    chunks = train(
-        s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, conf.zero_grad, conf.chunk
-    )
-    return pd.concat(list(chunks), ignore_index=True), s
+    return pd.concat(list(epoch_loop(conf, s)), ignore_index=True), s
 
 
 def runner_env() -> dict[str, str]:

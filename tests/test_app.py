@@ -56,10 +56,22 @@ def test_run_records_params_tags_final_metrics_and_artifacts(tmp_path: Path) -> 
     assert params["data.x"] == "[1.0, 2.0, 3.0]" and params["model.bias"] == "True"
     assert found.data.tags["hydra.overrides"] == "optimizer=sgd lr=0.05"
     assert found.data.tags["hydra.output_dir"] == str(tmp_path / "out")
-    assert set(found.data.metrics) >= {"final_loss", "final_a", "final_b", "loss", "grad_a"}
+    metrics = {"final_loss", "final_a", "final_b", "final_gap", "final_distance"}
+    assert set(found.data.metrics) >= metrics | {"loss", "grad_a", "gap", "distance"}
+    assert float(params["stable_lr_max"]) == pytest.approx(0.18029485, rel=1e-6)
+    assert float(params["optimum.a"]) == pytest.approx(0.5) and "optimum.loss" in params
+    tags = found.data.tags
+    for key in ("runner.version.torch", "runner.version.mlflow", "runner.version.hydra-core",
+                "runner.python", "runner.device", "runner.command"):  # fmt: skip
+        assert tags[key], key
+    assert params["seed"] == "0" and params["deterministic"] == "False"
+    assert (
+        tags["runner.git_dirty"] in {"true", "false"}
+        and len(tags["mlflow.source.git.commit"]) == 40
+    )
     assert found.data.metrics["final_loss"] < found.data.metrics["loss"]  # loss: epoch 49
     artifacts = {a.path for a in _store(tmp_path).list_artifacts(found.info.run_id)}
-    assert artifacts == {"config.yaml", "metrics.csv"}
+    assert artifacts == {"config.yaml", "metrics.csv", "loss.png", "fit.png", "trajectory.png"}
 
 
 def test_mlflow_disabled_writes_only_the_csv(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_seed_002_preset_prints_and_records_the_notebook(tmp_path: Path) -> None
 
 def test_checking_the_command_line_imports_neither_torch_nor_mlflow() -> None:
     code = (
-        "import sys; from runner.cli import check_command_line;"
+        "import sys; from runner.checks import check_command_line;"
         "check_command_line(['optimizer=sgd', 'lr=0.05']);"
         "print('torch' in sys.modules, 'mlflow' in sys.modules)"
     )

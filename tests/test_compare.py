@@ -33,6 +33,8 @@ def test_params_come_back_as_their_config_types() -> None:
     assert cast_param("[1.0, 2.0]", types["data.x"]) == [1.0, 2.0]
     assert cast_param("None", types["data.y"]) is None
     assert cast_param("sgd", types["optimizer.name"]) == "sgd"
+    assert cast_param("[0.9, 0.999]", types["optimizer.betas"]) == [0.9, 0.999]
+    assert cast_param("0.18", None) == 0.18 and cast_param("abc", None) == "abc"
 
 
 def test_compare_prints_writes_csv_and_plots(

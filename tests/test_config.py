@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import make_config
 
-from runner.cli import check_command_line
+from runner.checks import check_command_line
 from runner.config import ConfigError
 
 
@@ -52,7 +52,7 @@ def test_data_presets() -> None:
 
 BAD = [
     # (override, key named in the message, text the message must hold)
-    ("optimizer=adamw", "optimizer", "manual, sgd"),
+    ("optimizer=adamw", "optimizer", "adam, manual, momentum, sgd"),
     ("loss=l1", "loss", "manual, mse"),
     ("model=mlp", "model", "linear, linear_nobias"),
     ("lrr=0.1", "lrr", "did you mean lr"),
@@ -69,7 +69,14 @@ BAD = [
     ("model.init=xavier", "model.init", "fixed, random"),
     ("data=csv", "data.path", "CSV file"),
     ("data=seed_003 data.x=[1,2]", "data.y", "as long as data.x"),
-    ("optimizer.name=adamw", "optimizer.name", "manual, sgd"),
+    ("optimizer.name=adamw", "optimizer.name", "manual, sgd, adam"),
+    ("optimizer=sgd optimizer.momentum=1", "optimizer.momentum", "[0, 1)"),
+    ("optimizer=sgd optimizer.nesterov=true", "optimizer.nesterov", "momentum=0"),
+    ("optimizer=adam optimizer.betas=[0.9]", "optimizer.betas", "two numbers"),
+    ("optimizer=adam optimizer.momentum=0.5", "optimizer.momentum", "adam"),
+    ("check_grad=true zero_grad=false", "check_grad", "accumulated"),
+    ("check_grad_tol=0", "check_grad_tol", "> 0"),
+    ("stop.tol=-1", "stop.tol", "null or > 0"),
     ("lr=0.1,0.2", "lr", "add -m"),
     ("lr=[1,2", "override", "grammar"),
     ("optimizer._target_=torch.optim.Adam", "optimizer._target_", "command line"),
@@ -97,9 +104,9 @@ def test_sweeps_are_checked_value_by_value() -> None:
 
 
 def test_device_cuda_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import runner.cli
+    import runner.checks
 
-    monkeypatch.setattr(runner.cli, "_cuda_possible", lambda: False)
+    monkeypatch.setattr(runner.checks, "_cuda_possible", lambda: False)
     with pytest.raises(ConfigError, match=r"^device='cuda' is not allowed: cpu or auto"):
         check_command_line(["device=cuda"])
 

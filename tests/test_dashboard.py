@@ -85,7 +85,11 @@ def test_sweep_over_http_is_complete_in_the_rest_api(sweep: dict) -> None:
     assert parent["info"]["status"] == "FINISHED"
     assert _tags(parent)["best_run_id"] in {c["info"]["run_id"] for c in children}
     listed = _get(f"{api}/artifacts/list?run_id={parent_id}")
-    assert [f["path"] for f in listed["files"]] == ["summary.csv"]
+    assert {f["path"] for f in listed["files"]} == {
+        "summary.csv",
+        "final_loss_vs_lr.png",
+        "losses.png",
+    }
 
     summary = pd.read_csv(sweep["sweep_dir"] / "summary.csv")
     for child in children:

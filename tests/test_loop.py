@@ -169,3 +169,26 @@ def test_interrupt_hands_out_the_completed_epochs_first() -> None:
             kept.append(frame)
     assert [len(f) for f in kept] == [5, 5, 3]
     assert pd.concat(kept)["epoch"].tolist() == list(range(13))
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_manual_momentum_equals_torch_sgd_epoch_by_epoch(
+    nesterov: bool, weight_decay: float
+) -> None:
+    common = ["experiment=seed_002", "optimizer.momentum=0.9", f"optimizer.nesterov={nesterov}",
+              f"optimizer.weight_decay={weight_decay}", "epochs=60"]  # fmt: skip
+    manual, _ = train_history(*common, "optimizer=manual")
+    torch_sgd, _ = train_history(*common, "optimizer=sgd")
+    pd.testing.assert_frame_equal(manual, torch_sgd, check_exact=True)
+    plain, _ = train_history("experiment=seed_002", "optimizer=manual", "epochs=60")
+    assert not manual.equals(plain)  # momentum really changes the path
+
+
+def test_adam_and_the_momentum_preset_train() -> None:
+    adam, _ = train_history("experiment=seed_002", "optimizer=adam", "lr=0.05", "epochs=200")
+    momentum, _ = train_history(
+        "experiment=seed_002", "optimizer=momentum", "lr=0.01", "epochs=200"
+    )
+    for hist in (adam, momentum):
+        assert hist["loss"].iloc[-1] < 0.01 * hist["loss"].iloc[0]

@@ -69,7 +69,9 @@ def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best_run_id"] == summary.loc[0, "mlflow_run_id"]
     assert parent.data.metrics["best_final_loss"] == summary.loc[0, "final_loss"]
-    assert [a.path for a in client.list_artifacts(parent_id)] == ["summary.csv"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert artifacts == {"summary.csv", "final_loss_vs_lr.png", "losses.png"}
+    assert summary["stable_lr_max"].round(4).unique().tolist() == [0.1803]  # beside lr
 
     children = {r.info.run_id: r for r in _children(client, parent_id)}
     assert set(children) == set(summary["mlflow_run_id"])

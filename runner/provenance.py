@@ -1,0 +1,62 @@
+"""The reproducibility record of a run: code, versions, machine, command line."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "hydra-core", "mlflow", "pandas", "numpy")
+
+
+@functools.cache  # once per process: a sweep's jobs share it
+def git_state() -> tuple[str, bool] | None:
+    """(commit, dirty) of the runner's own source tree, when it is a git checkout."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    return commit, bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def record(device: torch.device) -> dict[str, str]:
+    """Tags for MLflow: with the seed and the config (logged as params) a run can be redone."""
+    tags = {
+        "runner.command": " ".join(["python -m runner", *sys.argv[1:]]),
+        "runner.device": device_name(device),
+        "runner.python": platform.python_version(),
+    }
+    tags |= {f"runner.version.{p}": _version(p) for p in PACKAGES}
+    state = git_state()
+    if state is not None:
+        tags["mlflow.source.git.commit"] = state[0]
+        tags["runner.git_dirty"] = str(state[1]).lower()
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"

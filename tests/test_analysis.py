@@ -1,0 +1,134 @@
+"""The exact optimum, the stability limit, the gradient check, the pictures and the
+reproducibility record, against hand-computed cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from support import make_config, train_history
+
+from runner.analysis import add_distances, optimum
+from runner.app import build, run
+from runner.console_sink import ProgressSink
+from runner.loop import GradCheckFailed, train
+from runner.plots import run_plots, sweep_plots
+
+X002, Y002 = np.float32([1, 2, 3]), np.float32([1.0, 1.5, 2.0])
+
+
+def test_optimum_and_stability_limit_by_hand() -> None:
+    best = optimum(X002, Y002, bias=True)
+    assert best.params == pytest.approx({"a": 0.5, "b": 0.5}, abs=1e-12)
+    assert best.loss == pytest.approx(0.0, abs=1e-20)
+    # H = 2/3 [[14, 6], [6, 3]]: lambda_max = (17 + sqrt(265)) / 3, lr_max = 2 / lambda_max.
+    assert best.stable_lr_max == pytest.approx(6 / (17 + np.sqrt(265)), rel=1e-12)
+
+    theta = optimum(np.float32([2]), np.float32([3]), bias=False)  # seed 000: y = theta * x
+    assert theta.params == {"a": 1.5} and theta.loss == 0.0
+    assert theta.stable_lr_max == pytest.approx(0.25)  # H = 2 x^2 = 8
+
+    x, y = np.float32([0.5, 0.9, 1.4, 1.8]), np.float32([2.0, 3.8, 5.0, 7.2])  # seed 003
+    a, b = np.polyfit(x.astype(float), y.astype(float), 1)
+    noisy = optimum(x, y, bias=True)
+    assert noisy.params == pytest.approx({"a": a, "b": b}, rel=1e-10)
+    assert noisy.loss == pytest.approx(np.mean((a * x + b - y.astype(float)) ** 2), rel=1e-10)
+
+
+def test_gap_and_distance_per_epoch() -> None:
+    best = optimum(X002, Y002, bias=True)
+    chunk = pd.DataFrame({"epoch": [0], "loss": [2.0], "a": [0.5 + 3.0], "b": [0.5 + 4.0]})
+    row = add_distances(chunk, best).iloc[0]
+    assert row["gap"] == pytest.approx(2.0) and row["distance"] == pytest.approx(5.0)
+
+
+def test_the_run_gets_closer_to_the_optimum() -> None:
+    hist, _ = train_history("experiment=seed_002", "epochs=200", "lr=0.15")
+    best = optimum(X002, Y002, bias=True)
+    distances = add_distances(hist, best)["distance"]
+    assert distances.iloc[-1] < 0.01 * distances.iloc[0]
+
+
+def test_gradient_check_agrees_with_autograd() -> None:
+    hist, _ = train_history("experiment=seed_002", "check_grad=true")
+    assert hist["grad_check"].max() < 1e-6  # float32 rounding, nothing more
+
+
+def test_gradient_check_fails_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = make_config("experiment=seed_002", "check_grad=true")
+    s = build(conf, None)
+
+    def doubled(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 2 * ((y_hat - y) ** 2).mean()  # its gradient is twice the analytic one
+
+    with pytest.raises(GradCheckFailed) as caught:
+        list(train(s.model, doubled, s.optimizer, s.x, s.y, 10, check_grad=1e-4))
+    # Epoch 0 of seed 002: analytic grad_a = 20/3, autograd twice that: |20/3| / (1 + 20/3).
+    assert caught.value.epoch == 0 and caught.value.error == pytest.approx(20 / 23, rel=1e-6)
+
+
+def test_unstable_lr_is_warned_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = make_config("lr=0.2", "epochs=3", "mlflow.enabled=false", "plots=false")
+    run(conf, launch_dir=tmp_path, run_dir=tmp_path, overrides=[])
+    err = capsys.readouterr().err
+    assert "warning: lr=0.2 is at or above 0.1803, the largest stable step" in err
+    quiet = make_config("lr=0.1", "epochs=3", "mlflow.enabled=false", "plots=false")
+    run(quiet, launch_dir=tmp_path, run_dir=tmp_path, overrides=[])
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_plots_are_written_and_not_empty(tmp_path: Path) -> None:
+    for overrides, name in [(("experiment=seed_002",), "ab"), (("experiment=seed_000",), "theta")]:
+        hist, s = train_history(*overrides)
+        final = {n: p.item() for n, p in s.model.named_parameters()}
+        out = tmp_path / name
+        out.mkdir()
+        paths = run_plots(add_distances(hist, s.best), *s.points, s.best, final, out)
+        assert [p.name for p in paths] == ["loss.png", "fit.png", "trajectory.png"]
+        for path in paths:
+            assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 15_000
+
+
+def test_sweep_plots(tmp_path: Path) -> None:
+    summary = pd.DataFrame({
+        "job": [0, 1, 2], "overrides": ["lr=0.01", "lr=0.1", "lr=0.5"],
+        "status": ["FINISHED", "FINISHED", "DIVERGED"], "lr": [0.01, 0.1, 0.5],
+        "stable_lr_max": [0.18] * 3, "final_loss": [0.006, 0.0004, np.inf],
+    })  # fmt: skip
+    for job in range(3):
+        (tmp_path / str(job)).mkdir()
+        pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.0 / (job + 1)]}).to_csv(
+            tmp_path / str(job) / "metrics.csv", index=False
+        )
+    paths = sweep_plots(summary, tmp_path)
+    assert [p.name for p in paths] == ["final_loss_vs_lr.png", "losses.png"]
+    assert all(p.stat().st_size > 15_000 for p in paths)
+
+
+def test_same_config_and_seed_give_the_same_csv_bytes(tmp_path: Path) -> None:
+    overrides = ["data=synthetic", "data.n=500", "model.init=random", "seed=11", "epochs=120",
+                 "optimizer=momentum", "lr=0.05", "mlflow.enabled=false", "plots=false",
+                 "deterministic=true"]  # fmt: skip
+    outputs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        run(make_config(*overrides), tmp_path, tmp_path / name, overrides)
+        outputs.append((tmp_path / name / "metrics.csv").read_bytes())
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 10_000
+    (tmp_path / "other").mkdir()
+    other = [o if o != "seed=11" else "seed=12" for o in overrides]
+    run(make_config(*other), tmp_path, tmp_path / "other", other)
+    assert (tmp_path / "other" / "metrics.csv").read_bytes() != outputs[0]
+
+
+def test_progress_bar_moves_by_chunks() -> None:
+    bar = ProgressSink(epochs=30)
+    bar.write(pd.DataFrame({"epoch": range(10), "loss": np.linspace(1, 0.5, 10)}))
+    bar.write(pd.DataFrame({"epoch": range(10, 30), "loss": np.linspace(0.5, 0.1, 20)}))
+    assert bar.bar.n == 30 and bar.bar.postfix == "loss=0.1"
+    bar.close()

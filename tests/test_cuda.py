@@ -1,0 +1,72 @@
+"""The loop on a CUDA GPU: the same numbers as on the CPU, the data moved once, and at
+most one host sync per chunk of history. Skipped where torch sees no GPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from support import REPO, make_config, train_history
+
+from runner.app import build, epoch_loop
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: torch sees none here"),
+]
+
+
+def test_cuda_matches_the_cpu() -> None:
+    cpu, _ = train_history("experiment=seed_002", "optimizer=sgd")
+    gpu, s = train_history("experiment=seed_002", "optimizer=sgd", "device=cuda")
+    assert s.x.device.type == "cuda" and s.model.a.device.type == "cuda"
+    # The GPU may fuse a multiply and an add: equal to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(gpu.to_numpy(), cpu.to_numpy(), rtol=2e-5, atol=1e-7)
+
+
+def test_auto_picks_the_gpu() -> None:
+    s = build(make_config("device=auto"), None)
+    assert s.x.device.type == s.y.device.type == s.model.a.device.type == "cuda"
+
+
+def test_at_most_one_host_sync_per_chunk() -> None:
+    conf = make_config("device=cuda", "data=synthetic", "data.n=100000", "epochs=3000",
+                       "chunk=1000", "optimizer=sgd")  # fmt: skip
+    s = build(conf, None)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            chunks = list(epoch_loop(conf, s))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(chunks) == 3
+    assert len(syncs) <= len(chunks) + 1, [str(w.message)[:120] for w in syncs]  # +1: the end
+
+
+def test_the_command_runs_on_the_gpu(tmp_path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "device=cuda",
+            "mlflow.enabled=false",
+            "epochs=200",
+            "optimizer=momentum",
+            "lr=0.01",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "200 epochs, final loss" in done.stdout

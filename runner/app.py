@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
+from runner.checks import first_line
 from runner.cleanup import process_tags
 from runner.config import Config, ConfigError
 from runner.console_sink import ConsoleSink, ProgressSink
@@ -153,7 +154,7 @@ def _train_into_sinks(
         finally:
             for sink in console:
                 getattr(sink, "close", lambda: None)()
-    config_yaml = OmegaConf.to_yaml(conf)
+    config_yaml = redact(OmegaConf.to_yaml(conf))
     if isinstance(ended_early, Diverged | GradCheckFailed):
         files = [csv.path, *(_plots(csv.path, s, None, run_dir) if plots else [])]
         tags = _failure_tags(ended_early)
@@ -216,8 +217,7 @@ def _tracked(progress: Result, action: Any, *args: Any) -> bool:
         action(*args)
         return True
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        progress.tracking_error = f"{type(err).__name__}: {reason}"
+        progress.tracking_error = f"{type(err).__name__}: {first_line(err)}"
         print(
             f"runner: error: MLflow failed at epoch {progress.epochs_run} "
             f"({progress.tracking_error[:300]}); the CSV keeps every epoch",

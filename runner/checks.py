@@ -15,6 +15,7 @@ import difflib
 import importlib.util
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -100,6 +101,8 @@ def check_composed(cfg: DictConfig, multirun: bool) -> Config:
         refuse_code_paths(parse(arg))
     output = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     _check_output_dir(output, str(OmegaConf.select(cfg, output)))
+    if multirun:
+        _check_launcher(cfg)
     conf = _typed(_without_hydra(cfg), overrides)
     _check_tracking(conf)
     return conf
@@ -190,6 +193,20 @@ def _check_tracking(conf: Config) -> None:
     if conf.mlflow.enabled and conf.mlflow.required and uri and (problem := server_problem(uri)):
         allowed = f"an MLflow server that answers ({problem}), or mlflow.required=false"
         raise ConfigError("mlflow.tracking_uri", redact(uri), allowed)
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    """Launchers that run the jobs elsewhere: what the jobs share with this process must exist."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default=""))
+    sweep_dir = str(OmegaConf.select(cfg, "hydra.sweep.dir"))
+    if target.endswith(".RayLauncher") and not Path(sweep_dir).is_absolute():
+        # Ray runs every job in the directory `ray start` ran in: a relative sweep dir puts the
+        # jobs' outputs there, where neither mlflow_parent.json nor summary.csv is.
+        allowed = "an absolute path with hydra/launcher=ray, on storage every Ray node shares"
+        raise ConfigError("hydra.sweep.dir", sweep_dir, allowed)
+    if target.endswith(".SlurmLauncher") and shutil.which("srun") is None:
+        allowed = "submitit_local, joblib or basic here (srun is not on PATH: no Slurm login node)"
+        raise ConfigError("hydra/launcher", "submitit_slurm", allowed)
 
 
 def _check_output_dir(key: str, directory: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -33,10 +34,11 @@ from runner.sweep import parent_run_id
 
 
 def main() -> None:
-    # A dead tracking server should cost seconds of retries, not minutes (users may override).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    _http_defaults()
+    # conf/hydra/launcher/ray.yaml takes the place of the Ray plugin's preset on purpose.
+    warnings.filterwarnings(
+        "ignore", r"\s*'hydra/launcher/ray' is validated against ConfigStore schema"
+    )
     # Hydra's composition errors reach us as exceptions, to be told in one line (below).
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -63,6 +65,7 @@ def main() -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
+    _http_defaults()  # again: a Ray job runs in a Ray worker, which never ran main()
     from runner.app import run  # torch is imported only now, after the config checked out
 
     job = HydraConfig.get()
@@ -93,3 +96,10 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def _in_launching_process(job: DictConfig) -> bool:
     return job.mode != RunMode.MULTIRUN or "BasicLauncher" in str(job.launcher.get("_target_"))
+
+
+def _http_defaults() -> None:
+    """A dead tracking server should cost seconds of retries, not minutes (users may override)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

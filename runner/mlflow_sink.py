@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from runner.checks import first_line
 from runner.store import TrackingUnavailable, redact, sqlite_path
 
 
@@ -75,7 +76,7 @@ class MlflowSink:
                 self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
             )
         except Exception as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            reason = first_line(err)[:300]
             raise TrackingUnavailable(
                 f"cannot open an MLflow run at {redact(tracking_uri)}: {reason}"
             ) from err

@@ -50,8 +50,10 @@ def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:
     """For an http(s) tracking URI: why its server does not answer, or None when it does."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
+    # /health needs no login; urllib would take user:password@ for part of the host name.
+    address = re.sub(r"://[^/@\s]+@", "://", tracking_uri.rstrip("/"))
     try:
-        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+        with urllib.request.urlopen(f"{address}/health", timeout=timeout):
             return None
     except urllib.error.HTTPError as err:  # it answers, if not on /health: let MLflow judge
         return None if err.code < 500 else f"HTTP {err.code}"

@@ -12,6 +12,7 @@ Nothing here imports torch or MLflow.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import os
 import re
@@ -142,6 +143,12 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise explain(err, overrides) from None
 
 
+def compose_defaults() -> dict[str, Any]:
+    """Every setting of the default config, flattened: {"lr": 0.05, "model.bias": True, ...}."""
+    cfg = _without_hydra(_compose([]))
+    return {key: OmegaConf.select(cfg, key) for key in _leaf_keys(cfg)}
+
+
 def _without_hydra(cfg: DictConfig) -> DictConfig:
     plain = cfg.copy()
     with open_dict(plain):
@@ -226,13 +233,15 @@ def _check_output_dir(key: str, directory: str) -> None:
 
 def _refuse_unknown_keys(cfg: DictConfig) -> None:
     """`+newkey=1` slips past the schema's struct flag; name it here."""
-    known = OmegaConf.structured(Config)
+    known = _schema_keys()
     for key in _leaf_keys(cfg):
-        if OmegaConf.select(known, key, default=_MISSING) is _MISSING:
-            raise ConfigError(key, OmegaConf.select(cfg, key), _known_keys_hint(key, known))
+        if key not in known and not any(key.startswith(f"{k}[") for k in known):
+            raise ConfigError(key, OmegaConf.select(cfg, key), _known_keys_hint(key))
 
 
-_MISSING = object()
+@functools.cache
+def _schema_keys() -> frozenset[str]:
+    return frozenset(_leaf_keys(OmegaConf.structured(Config)))
 
 
 def _leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
@@ -243,8 +252,8 @@ def _leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
         yield prefix[:-1]
 
 
-def _known_keys_hint(key: str, known: DictConfig) -> str:
-    close = difflib.get_close_matches(key, list(_leaf_keys(known)), n=1)
+def _known_keys_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(_schema_keys()), n=1)
     return f"an existing key (did you mean {close[0]}?)" if close else "an existing key"
 
 
@@ -261,7 +270,7 @@ def explain(err: BaseException, overrides: list[str]) -> ConfigError:
     key = str(getattr(cause, "full_key", "") or "")
     if isinstance(cause, ConfigKeyError | AttributeError) and key:
         value = given.get(key, given.get("+" + key))
-        return ConfigError(key, value, _known_keys_hint(key, OmegaConf.structured(Config)))
+        return ConfigError(key, value, _known_keys_hint(key))
     if isinstance(cause, ValidationError) and key:
         value = given.get(re.sub(r"\[\d+\]$", "", key), getattr(cause, "value", None))
         return ConfigError(key, value, _expected_type(str(cause)))

@@ -7,6 +7,7 @@ creates any directory.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -42,6 +43,9 @@ def main() -> None:
     # Hydra's composition errors reach us as exceptions, to be told in one line (below).
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        print_help()  # ours, fast; Hydra's own is `--hydra-help`
+        return
     try:
         argv = sys.argv[1:]
         check_arguments(argv)
@@ -88,9 +92,9 @@ def _hydra_main(cfg: DictConfig) -> float:
     except TrackingUnavailable as err:
         print(f"runner: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    if (result.status == "DIVERGED" or result.tracking_error) and not multirun:
-        raise SystemExit(1)
-    # A sweep goes on past a diverged job: inf ranks it last, and Optuna records a bad trial.
+    if (result.status != "FINISHED" or result.tracking_error) and not multirun:
+        raise SystemExit(1)  # diverged, failed its gradient check, or lost its tracking store
+    # A sweep goes on past a failed job: inf ranks it last, and Optuna records a bad trial.
     return result.final_loss
 
 
@@ -103,3 +107,40 @@ def _http_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def print_help() -> None:
+    """Usage, the config groups and every setting with its default, from the configs themselves."""
+    from omegaconf import OmegaConf
+
+    from runner.checks import compose_defaults
+
+    groups = sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = [
+        "usage: python -m runner [-m] [key=value ...]",
+        "",
+        "Trains y = a*x + b (or y = a*x) by gradient descent with PyTorch autograd, logging",
+        "every epoch to metrics.csv and MLflow. -m sweeps comma lists and range(...).",
+        "",
+        "config groups (group=option):",
+        *(f"  {g.name:15s} {', '.join(sorted(f.stem for f in g.glob('*.yaml')))}" for g in groups),
+        "  hydra/launcher  basic, joblib; ray, submitit_local, submitit_slurm (extra [launchers])",
+        "",
+        "settings (key=value) and their defaults:",
+    ]
+    defaults = compose_defaults()
+    for key, value in sorted(defaults.items()):
+        plain = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        shown = plain if isinstance(plain, str) else json.dumps(plain)
+        lines.append(f"  {key}={shown}")
+    lines += [
+        "",
+        "examples:",
+        "  python -m runner optimizer=sgd lr=0.05",
+        "  python -m runner experiment=seed_002",
+        "  python -m runner -m lr=0.01,0.05,0.1 optimizer=manual,sgd",
+        "  python -m runner -m hydra/launcher=joblib 'lr=range(0.01,0.21,0.01)'",
+        "",
+        "Hydra's own help and flags (--cfg job, --info, -cn): python -m runner --hydra-help",
+    ]
+    print("\n".join(lines))

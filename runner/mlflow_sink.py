@@ -2,13 +2,17 @@
 
 It talks to the store through MlflowClient and an explicit run id, never through the
 fluent "active run", so several runs in one process (a basic-launcher sweep) cannot
-collide.
+collide. Per-epoch metrics go to the store from a background thread, one log_batch per
+chunk, while the loop goes on; every way of ending the run waits for it first.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import queue
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from runner.checks import first_line
@@ -58,6 +63,45 @@ def experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+class _MetricWriter(threading.Thread):
+    """Logs the queued chunks in order; after the first error it drops the rest and keeps
+    the error for the sink to raise."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        super().__init__(name="mlflow-metrics", daemon=True)
+        self.client, self.run_id = client, run_id
+        self.chunks: queue.Queue[pd.DataFrame | None] = queue.Queue(maxsize=4)  # back-pressure
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if self.error is None:
+                try:
+                    self.client.log_batch(self.run_id, metrics=_metrics(chunk))
+                except Exception as err:
+                    self.error = err
+
+    def drain(self) -> None:
+        """Wait until every queued chunk is in the store; raise what went wrong, if anything."""
+        if self.is_alive():
+            self.chunks.put(None)
+            self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _metrics(chunk: pd.DataFrame) -> list[Metric]:
+    """A chunk of epochs as metrics with step=epoch; the client splits them into batches."""
+    now = int(time.time() * 1000)
+    steps = chunk["epoch"].tolist()
+    return [
+        Metric(name, value, now, step)
+        for name in chunk.columns[1:]
+        for step, value in zip(steps, chunk[name].tolist(), strict=True)
+    ]
+
+
 class MlflowSink:
     def __init__(
         self,
@@ -72,9 +116,13 @@ class MlflowSink:
             self.client, self.experiment_id = open_experiment(tracking_uri, experiment)
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
+            # The run's artifact store, resolved once (log_artifact would look the run up
+            # in the database again for every file).
+            self._files = get_artifact_repository(run.info.artifact_uri)
             self.client.log_batch(
                 self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
             )
+            self._writer = _MetricWriter(self.client, self.run_id)
         except Exception as err:
             reason = first_line(err)[:300]
             raise TrackingUnavailable(
@@ -82,20 +130,16 @@ class MlflowSink:
             ) from err
 
     def write(self, chunk: pd.DataFrame) -> None:
-        """Log a chunk of epochs as metrics with step=epoch; the client splits it into batches."""
-        now = int(time.time() * 1000)
-        steps = chunk["epoch"].tolist()
-        metrics = [
-            Metric(name, value, now, step)
-            for name in chunk.columns[1:]
-            for step, value in zip(steps, chunk[name].tolist(), strict=True)
-        ]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        """Queue a chunk of epochs for the background writer; raise if it has failed."""
+        if self._writer.error is not None:
+            raise self._writer.error
+        self._writer.chunks.put(chunk)
 
     def finish(
         self, final: dict[str, float], config_yaml: str, files: list[Path], tags: dict[str, str]
     ) -> None:
         """Final metrics, tags and artifacts, then FINISHED."""
+        self._writer.drain()
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in final.items()]
         self.client.log_batch(
@@ -107,18 +151,25 @@ class MlflowSink:
     def failed(self, tags: dict[str, str], config_yaml: str, files: list[Path]) -> None:
         """FAILED, tagged with why (e.g. diverged_at_epoch); no final metrics, which could
         be inf or NaN."""
+        self._writer.drain()
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self._artifacts(config_yaml, files)
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
 
     def _artifacts(self, config_yaml: str, files: list[Path]) -> None:
-        self.client.log_text(self.run_id, config_yaml, "config.yaml")
-        for path in files:
-            self.client.log_artifact(self.run_id, str(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "config.yaml"
+            config.write_text(config_yaml)
+            for path in [config, *files]:
+                self._files.log_artifact(str(path))
 
     def abort(self, status: str) -> None:
-        """End the run as FAILED or KILLED; never leave it RUNNING."""
-        self.client.set_terminated(self.run_id, status)
+        """End the run as FAILED or KILLED, with every chunk already handed over; never
+        leave it RUNNING."""
+        try:
+            self._writer.drain()
+        finally:
+            self.client.set_terminated(self.run_id, status)
 
 
 def _param_value(value: Any) -> str:

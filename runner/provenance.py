@@ -34,6 +34,7 @@ def git_state() -> tuple[str, bool] | None:
     return commit, bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
+@functools.cache
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -55,6 +56,7 @@ def record(device: torch.device) -> dict[str, str]:
     return tags
 
 
+@functools.cache
 def _version(package: str) -> str:
     try:
         return metadata.version(package)

@@ -183,6 +183,7 @@ def cases(home: Path, quick: bool, cuda: bool) -> list[Case]:
     out = [
         Case("floor", "import torch, hydra, mlflow, pandas; one SGD; open the store", [PY, floor]),
         Case("run50", "runner: optimizer=sgd lr=0.05 (50 epochs)", [*run, sgd, "lr=0.05"]),
+        Case("run50_noplots", "runner: same, plots=false", [*run, sgd, "lr=0.05", "plots=false"]),
         Case("hand50", "hand-written: 50 epochs", [PY, hand]),
         Case("run_long", f"runner: {long_epochs} epochs", [*run, sgd, f"epochs={long_epochs}"]),
         Case("hand_long", f"hand-written: {long_epochs} epochs",

@@ -118,7 +118,7 @@ class MlflowSink:
             self.run_id = run.info.run_id
             # The run's artifact store, resolved once (log_artifact would look the run up
             # in the database again for every file).
-            self._files = get_artifact_repository(run.info.artifact_uri)
+            self._files = get_artifact_repository(run.info.artifact_uri, tracking_uri)
             self.client.log_batch(
                 self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()]
             )

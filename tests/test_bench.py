@@ -30,7 +30,7 @@ def test_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(tmp_path / "bench.csv")
-    assert table["case"].tolist() == cases.split(",")
+    assert sorted(table["case"]) == sorted(cases.split(","))
     assert (table["seconds"] > 0).all()
     report = (tmp_path / "bench.md").read_text()
     assert "| case | what | seconds |" in report and "50 epochs: runner / floor" in report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +22,6 @@ from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
 from runner.checks import first_line
-from runner.cleanup import process_tags
 from runner.config import Config, ConfigError
 from runner.console_sink import ConsoleSink, ProgressSink
 from runner.csv_sink import CsvSink
@@ -271,8 +271,8 @@ def _open_tracker(
 
     overrides = [redact(o) for o in overrides]
     tags = {"hydra.output_dir": str(run_dir), "hydra.overrides": " ".join(overrides)}
+    tags["runner.main_pid"] = str(os.getpid())  # the trainer (runner.pid: the run's writer)
     tags |= record(s.x.device)  # code, versions, machine, command line
-    tags |= process_tags()  # lets `python -m runner.cleanup` end the run if we are killed
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id  # the dashboard nests the run under its sweep
     params = {k: redact(str(v)) for k, v in _flatten(asdict(conf)).items()}

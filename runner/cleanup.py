@@ -18,12 +18,14 @@ from runner.store import default_tracking_uri, missing_store_error, redact
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
+    """The process's start time in clock ticks since boot (tells a reused pid apart); None
+    when it is gone or a zombie (killed, not yet reaped: it writes nothing any more)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+    fields = stat.rsplit(")", 1)[1].split()  # counted after the command name
+    return None if fields[0] == "Z" else fields[19]  # state (field 3), starttime (field 22)
 
 
 def process_tags() -> dict[str, str]:

@@ -70,6 +70,11 @@ def main() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
     _http_defaults()  # again: a Ray job runs in a Ray worker, which never ran main()
+    if cfg.mlflow.enabled:
+        # Started before torch is imported: it imports MLflow meanwhile, on another core.
+        from runner.mlflow_sink import tracking_process
+
+        tracking_process()
     from runner.app import run  # torch is imported only now, after the config checked out
 
     job = HydraConfig.get()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import time
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.checks import task_overrides
-from runner.cleanup import process_tags
 from runner.signals import sigterm_raises
-from runner.store import default_tracking_uri, redact, run_name
+from runner.store import TrackingUnavailable, default_tracking_uri, redact, run_name
 
 PARENT_FILE = "mlflow_parent.json"
 SUMMARY_COLUMNS = [
@@ -49,26 +48,31 @@ def parent_run_id(sweep_dir: Path) -> str | None:
 
 class SweepCallback(Callback):
     def __init__(self) -> None:
-        self.parent: Any = None  # the parent run's MlflowClient and id, while it is open
+        self.parent: str | None = None  # the parent run's id, while it is open
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = _sweep_dir(config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.mlflow.enabled:
             return
-        from runner.mlflow_sink import open_experiment
+        from runner.mlflow_sink import TrackingError, tracking_process
 
         uri = config.mlflow.tracking_uri or default_tracking_uri(Path(config.hydra.runtime.cwd))
-        # Created here, in the launching process and before any job starts: the store's
-        # tables and the experiment then exist before parallel jobs race to create them.
-        client, experiment = open_experiment(uri, config.mlflow.experiment)
         overrides = [redact(o) for o in task_overrides(config)]
         tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides)}
-        run = client.create_run(
-            experiment, run_name=f"sweep {run_name(overrides)}", tags=tags | process_tags()
-        )
-        self.parent = (client, run.info.run_id)
-        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id}) + "\n")
+        tags["runner.main_pid"] = str(os.getpid())  # the launching process
+        # Created here, in the launching process and before any job starts: the store's
+        # tables and the experiment then exist before parallel jobs race to create them.
+        try:
+            run_id = tracking_process().call(
+                "open_run", tracking_uri=uri, experiment=config.mlflow.experiment,
+                run_name=f"sweep {run_name(overrides)}", params={}, tags=tags,
+            )  # fmt: skip
+        except TrackingError as err:
+            why = f"cannot open an MLflow run at {redact(uri)}: {err}"
+            raise TrackingUnavailable(why) from None
+        self.parent = run_id  # (launchers pickle this callback: no process handle in it)
+        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
         # Ctrl-C, SIGTERM or a crash ends the parent as KILLED/FAILED instead of RUNNING.
         atexit.register(self._end_parent, "KILLED")
         sigterm_raises()
@@ -83,14 +87,15 @@ class SweepCallback(Callback):
         print(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
         pictures = _sweep_plots(summary, sweep_dir)
         if self.parent is not None:
-            _log_summary(*self.parent, summary, [path, *pictures])
-            self._end_parent("FINISHED")
+            files = [str(p) for p in [path, *pictures]]
+            self._end_parent("FINISHED", **_best(summary), files=files)
 
-    def _end_parent(self, status: str) -> None:
+    def _end_parent(self, status: str, **summary: Any) -> None:
         if self.parent is not None:
-            client, run_id = self.parent
-            self.parent = None
-            client.set_terminated(run_id, status)
+            from runner.mlflow_sink import tracking_process
+
+            run_id, self.parent = self.parent, None
+            tracking_process().call("end_run", run_id=run_id, status=status, **summary)
 
 
 def summarize(sweep_dir: Path) -> pd.DataFrame:
@@ -130,26 +135,20 @@ def _sweep_plots(summary: pd.DataFrame, sweep_dir: Path) -> list[Path]:
         return []
 
 
-def _log_summary(client: Any, run_id: str, summary: pd.DataFrame, files: list[Path]) -> None:
-    from mlflow.entities import Metric, RunTag
-
-    for path in files:
-        client.log_artifact(run_id, str(path))
+def _best(summary: pd.DataFrame) -> dict[str, Any]:
+    """Tags and metrics for the parent run: how many jobs ended how, and the best one."""
     counts = summary["status"].value_counts()
-    tags = [RunTag(f"jobs.{status.lower()}", str(n)) for status, n in counts.items()]
-    metrics = []
+    tags = {f"jobs.{status.lower()}": str(n) for status, n in counts.items()}
+    metrics = {}
     best = summary.iloc[0] if len(summary) else None
     if best is not None and best["status"] == "FINISHED":
-        tags += [
-            RunTag("best_run_id", str(best["mlflow_run_id"])),
-            RunTag("best_overrides", best["overrides"]),
-        ]
-        metrics = [
-            Metric(f"best_{k}", float(best[k]), int(time.time() * 1000), 0)
+        tags |= {"best_run_id": str(best["mlflow_run_id"]), "best_overrides": best["overrides"]}
+        metrics = {
+            f"best_{k}": float(best[k])
             for k in ("final_loss", "final_a", "final_b")
             if pd.notna(best[k])
-        ]
-    client.log_batch(run_id, metrics=metrics, tags=tags)
+        }
+    return {"tags": tags, "metrics": metrics}
 
 
 def _sweep_dir(config: DictConfig) -> Path:

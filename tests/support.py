@@ -40,8 +40,9 @@ def runner_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "MLFLOW_"))}
 
 
-def start_runner(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """`python -m runner ARGS...` in the background (SIGINT reaches it as Ctrl-C would)."""
+def start_runner(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen[str]:
+    """`python -m runner ARGS...` in the background (SIGINT reaches it as Ctrl-C would);
+    with new_session, in a process group of its own that os.killpg can reach whole."""
     return subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
@@ -49,6 +50,7 @@ def start_runner(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 

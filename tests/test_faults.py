@@ -4,6 +4,7 @@ dies mid-run, and several writers on one SQLite store. Real subprocesses through
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -76,10 +77,22 @@ def test_signal_ends_a_multirun_and_its_parent_as_killed(
 
 
 @pytest.mark.slow
-def test_cleanup_ends_runs_of_a_hard_killed_process(tmp_path: Path) -> None:
+def test_a_hard_killed_runner_leaves_no_run_running(tmp_path: Path) -> None:
+    """SIGKILL of the runner alone: its tracking process sees the pipe close and ends the run."""
     process = start_runner(LONG, "hydra.run.dir=out", cwd=tmp_path)
     wait_for_rows(tmp_path / "out" / "metrics.csv")
-    process.kill()  # SIGKILL: the run gets no chance to end itself
+    process.kill()
+    process.communicate(timeout=60)  # returns once the tracking process has let go of stderr
+    (run,) = _runs(_store(tmp_path))
+    assert run.info.status == "KILLED"
+    assert run.data.tags["runner.pid"] != str(process.pid)  # the tracking process wrote it
+
+
+@pytest.mark.slow
+def test_cleanup_ends_runs_of_a_hard_killed_process_group(tmp_path: Path) -> None:
+    process = start_runner(LONG, "hydra.run.dir=out", cwd=tmp_path, new_session=True)
+    wait_for_rows(tmp_path / "out" / "metrics.csv")
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its tracking process, no goodbyes
     process.communicate(timeout=30)
     client = _store(tmp_path)
     (stuck,) = _runs(client)

@@ -191,7 +191,7 @@ def test_ray_sweep_runs_every_job_as_a_ray_task_into_one_server(
         assert "runner: sweep of 8 jobs, best first" in done.stdout
         children = _assert_sweep(MlflowClient(url), sweep_dir, LRS, epochs=30)
         parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
-        driver_pid = MlflowClient(url).get_run(parent_id).data.tags["runner.pid"]
+        driver_pid = MlflowClient(url).get_run(parent_id).data.tags["runner.main_pid"]
     finally:
         stop_dashboard(server)
 
@@ -199,7 +199,7 @@ def test_ray_sweep_runs_every_job_as_a_ray_task_into_one_server(
     # its run id into that worker's log (worker-<id>-<job>-<pid>.out under Ray's temp dir).
     logs = ray_temp / "session_latest" / "logs"
     for child in children:
-        pid = child.data.tags["runner.pid"]
+        pid = child.data.tags["runner.main_pid"]
         assert pid != driver_pid
         (worker_log,) = logs.glob(f"worker-*-{pid}.out")
         text = worker_log.read_text()
@@ -230,8 +230,8 @@ def test_submitit_local_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
     # Each job ran in a process of its own, and its output is in submitit's folder.
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
     parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
-    driver_pid = client.get_run(parent_id).data.tags["runner.pid"]
-    pids = {c.data.tags["runner.pid"] for c in children}
+    driver_pid = client.get_run(parent_id).data.tags["runner.main_pid"]
+    pids = {c.data.tags["runner.main_pid"] for c in children}
     assert len(pids) == 2 and driver_pid not in pids
     for child in children:
         assert f"runner: mlflow run {child.info.run_id} " in logs

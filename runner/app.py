@@ -95,8 +95,13 @@ def run(
     parent_run_id: str | None = None,
     plots: bool = True,
     progress_bar: bool = False,
+    await_tracking: bool = True,
 ) -> Result:
-    """Train once, feed the sinks, and say how it ended."""
+    """Train once, feed the sinks, and say how it ended.
+
+    With await_tracking=False the MLflow run is ended without waiting for the store: for
+    a sweep's jobs in the process that launches them, whose sweep waits for it at the end.
+    """
     s = build(conf, launch_dir)
     _warn_if_unstable(conf, s.best)
     previous_sigterm = sigterm_raises()
@@ -108,6 +113,8 @@ def run(
     try:
         # The store first: if it cannot be reached, the run stops before any file is written.
         tracker = _open_tracker(conf, s, launch_dir, run_dir, overrides, parent_run_id)
+        if tracker is not None:
+            tracker.await_finish = await_tracking
         progress.mlflow_run_id = tracker.run_id if tracker else None
         result = _train_into_sinks(conf, s, run_dir, tracker, progress, plots, progress_bar)
     except BaseException as err:

@@ -91,6 +91,9 @@ def _hydra_main(cfg: DictConfig) -> float:
             plots=conf.plots if conf.plots is not None else not multirun,
             # A bar only where one process owns the terminal: not in parallel workers.
             progress_bar=conf.progress and sys.stderr.isatty() and _in_launching_process(job),
+            # A job in the sweep's own process need not wait for its run to be ended: the
+            # sweep's end waits for the tracking process, which works in order.
+            await_tracking=not (multirun and _in_launching_process(job)),
         )
     except ConfigError as err:  # found only on the machine itself, e.g. device=cuda
         report(err)

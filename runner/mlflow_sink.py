@@ -47,6 +47,7 @@ class TrackingProcess:
         )
         self.answers = FrameReader(self.process.stdout.fileno())
         self.failures: dict[str, str] = {}  # run id -> why a metric chunk failed, told unasked
+        self.ended: set[str] = set()  # runs ended without waiting: nobody asks about them
         self.requests = 0
         self.lock = threading.Lock()
 
@@ -86,6 +87,8 @@ class TrackingProcess:
 
     def _note_failure(self, value: tuple[str, str]) -> None:
         run_id, why = value
+        if run_id in self.ended:
+            print(f"runner: error: MLflow could not end run {run_id}: {why}", file=sys.stderr)
         self.failures.setdefault(run_id, why)
 
     def _send(self, request: int | None, command: str, kwargs: dict[str, Any]) -> None:
@@ -120,6 +123,7 @@ class MlflowSink:
         tags: dict[str, str],
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.await_finish = True  # False: a sweep's job, whose sweep waits for the store
         self.child = tracking_process()
         try:
             self.run_id = self.child.call(
@@ -151,7 +155,7 @@ class MlflowSink:
         self, final: dict[str, float], config_yaml: str, files: list[Path], tags: dict[str, str]
     ) -> None:
         """Final metrics, tags and artifacts, then FINISHED (once every chunk is stored)."""
-        self._end("FINISHED", final, tags, config_yaml, files)
+        self._end("FINISHED", final, tags, config_yaml, files, wait=self.await_finish)
 
     def failed(self, tags: dict[str, str], config_yaml: str, files: list[Path]) -> None:
         """FAILED, tagged with why (e.g. diverged_at_epoch); no final metrics, which could
@@ -170,13 +174,12 @@ class MlflowSink:
         tags: dict[str, str],
         config_yaml: str | None,
         files: list[Path],
+        wait: bool = True,
     ) -> None:
-        self.child.call(
-            "end_run",
-            run_id=self.run_id,
-            status=status,
-            metrics=metrics,
-            tags=tags,
-            config_yaml=config_yaml,
-            files=[str(f) for f in files],
-        )
+        command = dict(run_id=self.run_id, status=status, metrics=metrics, tags=tags,
+                       config_yaml=config_yaml, files=[str(f) for f in files])  # fmt: skip
+        if wait:
+            self.child.call("end_run", **command)
+        else:  # the next job trains meanwhile; a failure is printed when it is noticed
+            self.child.ended.add(self.run_id)
+            self.child.send("end_run", **command)

@@ -138,3 +138,22 @@ def test_any_override_is_a_valid_config_or_one_clear_line(key: str, value: str) 
     except ConfigError as err:
         message = str(err)
         assert message and "\n" not in message and " is not allowed: " in message
+
+
+@pytest.mark.parametrize(
+    ("search", "sweeper"),
+    [
+        ([], "hydra_plugins.runner_sweeper.CheckedSweeper"),
+        (["search=optuna_lr"], "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"),
+    ],
+)
+def test_a_sweep_is_searched_by_the_chosen_sweeper(search: list[str], sweeper: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from runner.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=search, return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == sweeper
+    get_class(sweeper)  # importable: the runner's own sweeper ships in its hydra_plugins

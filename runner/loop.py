@@ -1,7 +1,8 @@
 """The epoch loop: forward, loss, zero_grad, backward, step, and the per-epoch history.
 
 The history stays on the device and comes back to the host one chunk at a time, so a
-run pays one host sync per chunk, not one per epoch.
+run pays one host sync per chunk, not one per epoch (the last chunk brings the final
+parameters along, for the divergence check of the last step).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def train(
     columns = history_columns(model, check_grad is not None)
     rows = torch.empty((min(chunk, epochs), len(columns) - 1), dtype=x.dtype, device=x.device)
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
+    final_values = None  # the parameters after the last step, with the last chunk
     last_loss = math.nan  # of the previous chunk, for the first change of this one
     try:
         for epoch in range(epochs):
@@ -103,7 +105,9 @@ def train(
             recorded += 1
             optimizer.step()
             if recorded == len(rows) or epoch == epochs - 1:
-                frame = _to_frame(rows[:recorded], first, columns)
+                # The last chunk brings the final parameters along: one host sync, not two.
+                final = torch.stack([p.detach() for p in params]) if epoch == epochs - 1 else None
+                frame, final_values = _to_frame(rows[:recorded], first, columns, final)
                 stop = _first_stop(frame, last_loss, tol, check_grad)
                 if stop is not None:
                     yield from _end_early(frame, *stop, params, tol, check_grad)
@@ -111,9 +115,9 @@ def train(
                 first, recorded, last_loss = epoch + 1, 0, frame["loss"].iloc[-1]
     except (KeyboardInterrupt, SystemExit):
         if recorded:  # the completed epochs of the unfinished chunk
-            yield _to_frame(rows[:recorded], first, columns)
+            yield _to_frame(rows[:recorded], first, columns)[0]
         raise
-    if not torch.isfinite(torch.stack([p.detach() for p in params])).all():  # one sync
+    if final_values is not None and not np.isfinite(final_values).all():
         raise Diverged(epochs)  # the last step overflowed
 
 
@@ -169,8 +173,12 @@ def _end_early(
     raise Converged(epoch, tol or 0.0)
 
 
-def _to_frame(rows: torch.Tensor, first: int, columns: list[str]) -> pd.DataFrame:
-    values = rows.cpu().double().numpy()  # the one host sync of this chunk
-    frame = pd.DataFrame(values, columns=columns[1:])
+def _to_frame(
+    rows: torch.Tensor, first: int, columns: list[str], final: torch.Tensor | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The chunk as a table, and `final` (the parameters after the last step) on the host."""
+    both = rows.reshape(-1) if final is None else torch.cat([rows.reshape(-1), final])
+    values = both.cpu().double().numpy()  # the one host sync of this chunk
+    frame = pd.DataFrame(values[: rows.numel()].reshape(rows.shape), columns=columns[1:])
     frame.insert(0, "epoch", range(first, first + len(frame)))
-    return frame
+    return frame, None if final is None else values[rows.numel() :]

@@ -1,8 +1,10 @@
 """`python -m runner`: Hydra composes the config, runner/checks.py checks it, runner/app.py runs it.
 
-Torch and MLflow are imported only once the config has passed its checks, so a bad value
-is answered in a fraction of a second with one line and exit code 2, before Hydra
-creates any directory.
+Torch is imported only once the config has passed its checks, and MLflow never in this
+process, so a bad value is answered in a fraction of a second with one line and exit
+code 2, before Hydra creates any directory. The tracking process (runner/mlflow_sink.py)
+is started as soon as the arguments parse, to import MLflow on another core meanwhile; it
+is stopped unused when the config fails its checks.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from runner.checks import (
     task_overrides,
 )
 from runner.config import CONF_DIR, ConfigError, load
+from runner.mlflow_sink import tracking_process
 from runner.signals import Terminated
 from runner.store import TrackingUnavailable
 from runner.sweep import parent_run_id
@@ -51,6 +54,11 @@ def main() -> None:
         check_arguments(argv)
         if any(a in MULTIRUN_FLAGS for a in argv):
             check_command_line(argv)  # every swept value, before the first job starts
+        hydra_flags = any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv)
+        if not hydra_flags and "mlflow.enabled=false" not in argv:
+            # Started now, it imports MLflow on another core while Hydra composes and the
+            # run imports torch; it writes nothing before the config has checked out.
+            tracking_process()
         _hydra_main()
     except ConfigError as err:
         report(err)
@@ -71,10 +79,7 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> float:
     _http_defaults()  # again: a Ray job runs in a Ray worker, which never ran main()
     if cfg.mlflow.enabled:
-        # Started before torch is imported: it imports MLflow meanwhile, on another core.
-        from runner.mlflow_sink import tracking_process
-
-        tracking_process()
+        tracking_process()  # (started already by main(), except in a launcher's worker)
     from runner.app import run  # torch is imported only now, after the config checked out
 
     job = HydraConfig.get()

@@ -87,6 +87,8 @@ def train(
     params = list(model.parameters())
     columns = history_columns(model, check_grad is not None)
     rows = torch.empty((min(chunk, epochs), len(columns) - 1), dtype=x.dtype, device=x.device)
+    slots = rows.unbind(0)  # views of the rows: stack() writes an epoch straight into one
+    values = [p.detach() for p in params]  # views too: they follow the in-place updates
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
     final_values = None  # the parameters after the last step, with the last chunk
     last_loss = math.nan  # of the previous chunk, for the first change of this one
@@ -97,11 +99,11 @@ def train(
             if zero_grad:  # false keeps the last gradient, so backward() adds to it (seed 001)
                 optimizer.zero_grad()
             loss.backward()
-            row = [loss.detach(), *(p.detach() for p in params), *(p.grad for p in params)]
+            row = [loss.detach(), *values, *(p.grad for p in params)]
             if check_grad is not None:
                 row.append(_grad_error(y_hat.detach() - y, x, params))
-            # One small device-side copy; stack() snapshots the parameters before step().
-            rows[recorded] = torch.stack(row)
+            # One small device-side kernel; it snapshots the parameters before step().
+            torch.stack(row, out=slots[recorded])
             recorded += 1
             optimizer.step()
             if recorded == len(rows) or epoch == epochs - 1:

@@ -19,14 +19,15 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 import runner
 from runner.frames import FrameReader, write_frame
 from runner.signals import interrupts_deferred
 from runner.store import TrackingUnavailable, redact
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class TrackingError(RuntimeError):
@@ -49,6 +50,7 @@ class TrackingProcess:
         self.failures: dict[str, str] = {}  # run id -> why a metric chunk failed, told unasked
         self.ended: set[str] = set()  # runs ended without waiting: nobody asks about them
         self.requests = 0
+        self.sent = False  # anything at all, answered or not
         self.lock = threading.Lock()
 
     def send(self, command: str, **kwargs: Any) -> None:
@@ -92,6 +94,7 @@ class TrackingProcess:
         self.failures.setdefault(run_id, why)
 
     def _send(self, request: int | None, command: str, kwargs: dict[str, Any]) -> None:
+        self.sent = True
         try:
             with interrupts_deferred():  # a frame goes over whole: the other end stays in step
                 write_frame(self.process.stdin.fileno(), (request, command, kwargs))
@@ -100,7 +103,10 @@ class TrackingProcess:
 
     def close(self) -> None:
         """Let the tracking process finish what it was sent, and end, without waiting:
-        every run was ended by a call that did wait."""
+        every run was ended by a call that did wait. One that was never used (a config
+        error) is stopped at once: it has touched nothing, and may still be importing."""
+        if self.requests == 0 and not self.sent:
+            self.process.kill()
         with contextlib.suppress(OSError):
             self.process.stdin.close()
 

@@ -2,8 +2,8 @@
 
 The store work happens in the tracking process (runner/tracking_process.py), which this
 module starts once per process and talks to through two pipes. Opening and ending a run
-wait for its answer; a chunk of metrics is sent and the loop goes on, so the store never
-holds up training. MLflow itself is never imported here.
+wait for its answer; a chunk of metrics is sent and the loop goes on, so the store holds
+up training only when it falls 64 chunks behind. MLflow itself is never imported here.
 
 Runs are addressed by id, never through MLflow's fluent "active run", so the jobs of a
 basic-launcher sweep share one tracking process without colliding.
@@ -50,7 +50,7 @@ class TrackingProcess:
         self.failures: dict[str, str] = {}  # run id -> why a metric chunk failed, told unasked
         self.ended: set[str] = set()  # runs ended without waiting: nobody asks about them
         self.requests = 0
-        self.sent = False  # anything at all, answered or not
+        self.used = False  # sent anything at all
         self.lock = threading.Lock()
 
     def send(self, command: str, **kwargs: Any) -> None:
@@ -94,7 +94,7 @@ class TrackingProcess:
         self.failures.setdefault(run_id, why)
 
     def _send(self, request: int | None, command: str, kwargs: dict[str, Any]) -> None:
-        self.sent = True
+        self.used = True
         try:
             with interrupts_deferred():  # a frame goes over whole: the other end stays in step
                 write_frame(self.process.stdin.fileno(), (request, command, kwargs))
@@ -105,7 +105,7 @@ class TrackingProcess:
         """Let the tracking process finish what it was sent, and end, without waiting:
         every run was ended by a call that did wait. One that was never used (a config
         error) is stopped at once: it has touched nothing, and may still be importing."""
-        if self.requests == 0 and not self.sent:
+        if not self.used:
             self.process.kill()
         with contextlib.suppress(OSError):
             self.process.stdin.close()
@@ -153,8 +153,8 @@ class MlflowSink:
         except TrackingError:
             self.child.send("end_run", run_id=self.run_id, status="FAILED")  # if it still can
             raise
-        columns = {name: chunk[name].tolist() for name in chunk.columns[1:]}
-        epochs = chunk["epoch"].tolist()
+        columns = {name: chunk[name].to_numpy() for name in chunk.columns[1:]}
+        epochs = chunk["epoch"].to_numpy()
         self.child.send("metrics", run_id=self.run_id, epochs=epochs, columns=columns)
 
     def finish(

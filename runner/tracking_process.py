@@ -114,16 +114,17 @@ class Tracker:
             client.log_batch(run.id, params=[Param(k, _param_value(v)) for k, v in params.items()])
         return run.id
 
-    def metrics(self, run_id: str, epochs: list[int], columns: dict[str, list[float]]) -> None:
-        """One chunk of per-epoch metrics, step=epoch; the client splits it into batches."""
+    def metrics(self, run_id: str, epochs: Any, columns: dict[str, Any]) -> None:
+        """One chunk of per-epoch metrics (numpy arrays), step=epoch; the client splits it
+        into batches."""
         run = self.runs[run_id]
         if run.error is not None:
             return
-        now = int(time.time() * 1000)
+        now, steps = int(time.time() * 1000), epochs.tolist()
         points = [
             Metric(name, value, now, step)
             for name, values in columns.items()
-            for step, value in zip(epochs, values, strict=True)
+            for step, value in zip(steps, values.tolist(), strict=True)
         ]
         try:
             run.client.log_batch(run_id, metrics=points)
@@ -180,9 +181,12 @@ def _one_line(err: Exception) -> str:
 
 def serve(commands: int, answers: int) -> None:
     """Run commands until the runner closes its end; answer those that carry an id."""
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    # A thread keeps the pipe drained, so the runner does not wait to send; past 64 queued
+    # commands (64,000 epochs of metrics) it waits, and so does the runner: memory stays
+    # bounded when training outpaces the store.
+    inbox: queue.Queue[Any] = queue.Queue(maxsize=64)
 
-    def read() -> None:  # a thread keeps the pipe drained: the runner never waits to send
+    def read() -> None:
         reader = FrameReader(commands)
         while (frame := reader.read()) is not None:
             inbox.put(frame)

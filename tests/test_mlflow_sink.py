@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -84,7 +85,8 @@ def test_the_tracking_process_ends_open_runs_as_killed_when_the_runner_goes(
     run_id = child.call(
         "open_run", tracking_uri=uri, experiment="exp", run_name="x", params={}, tags={}
     )
-    child.send("metrics", run_id=run_id, epochs=[0, 1], columns={"loss": [1.0, 0.5]})
+    losses = {"loss": np.array([1.0, 0.5])}
+    child.send("metrics", run_id=run_id, epochs=np.arange(2), columns=losses)
     child.process.stdin.close()  # what the runner's death looks like from there
     assert child.process.wait(timeout=60) == 0
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"

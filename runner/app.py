@@ -112,9 +112,9 @@ def run(
     )  # fmt: skip
     try:
         # The store first: if it cannot be reached, the run stops before any file is written.
-        tracker = _open_tracker(conf, s, launch_dir, run_dir, overrides, parent_run_id)
-        if tracker is not None:
-            tracker.await_finish = await_tracking
+        tracker = _open_tracker(
+            conf, s, launch_dir, run_dir, overrides, parent_run_id, await_tracking
+        )
         progress.mlflow_run_id = tracker.run_id if tracker else None
         result = _train_into_sinks(conf, s, run_dir, tracker, progress, plots, progress_bar)
     except BaseException as err:
@@ -266,6 +266,7 @@ def _open_tracker(
     run_dir: Path,
     overrides: list[str],
     parent_run_id: str | None,
+    await_finish: bool,
 ) -> Any:
     if not conf.mlflow.enabled:
         return None
@@ -285,7 +286,7 @@ def _open_tracker(
     params = {k: redact(str(v)) for k, v in _flatten(asdict(conf)).items()}
     params |= {f"optimum.{k}": v for k, v in s.best.params.items()}
     params |= {"optimum.loss": s.best.loss, "stable_lr_max": s.best.stable_lr_max}
-    return MlflowSink(uri, conf.mlflow.experiment, run_name(overrides), params, tags)
+    return MlflowSink(uri, conf.mlflow.experiment, run_name(overrides), params, tags, await_finish)
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -127,9 +127,10 @@ class MlflowSink:
         run_name: str,
         params: dict[str, Any],
         tags: dict[str, str],
+        await_finish: bool = True,  # False: a sweep's job, whose sweep waits for the store
     ) -> None:
         self.tracking_uri = tracking_uri
-        self.await_finish = True  # False: a sweep's job, whose sweep waits for the store
+        self.await_finish = await_finish
         self.child = tracking_process()
         try:
             self.run_id = self.child.call(

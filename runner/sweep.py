@@ -11,6 +11,7 @@ import atexit
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,14 @@ class SweepCallback(Callback):
 
     def _end_parent(self, status: str, **summary: Any) -> None:
         if self.parent is not None:
-            from runner.mlflow_sink import tracking_process
+            from runner.mlflow_sink import TrackingError, tracking_process
 
             run_id, self.parent = self.parent, None
-            tracking_process().call("end_run", run_id=run_id, status=status, **summary)
+            try:
+                tracking_process().call("end_run", run_id=run_id, status=status, **summary)
+            except TrackingError as err:  # also at exit: one line, not a traceback
+                print(f"runner: error: MLflow could not end the sweep's run {run_id}: {err}",
+                      file=sys.stderr)  # fmt: skip
 
 
 def summarize(sweep_dir: Path) -> pd.DataFrame:

@@ -1,3 +1,4 @@
 from runner.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned tracking process imports this module too
+    main()

@@ -8,48 +8,35 @@ RUNNING run whose process no longer exists on this host is marked KILLED.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+from runner.processes import is_orphaned
 from runner.store import default_tracking_uri, missing_store_error, redact
 
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (tells a reused pid apart); None
-    when it is gone or a zombie (killed, not yet reaped: it writes nothing any more)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # counted after the command name
-    return None if fields[0] == "Z" else fields[19]  # state (field 3), starttime (field 22)
+PAGE = 1000  # runs per request; MLflow's pager follows the page tokens
 
 
-def process_tags() -> dict[str, str]:
-    """Tags that identify the writing process, for `runner.cleanup` to check later."""
-    pid = os.getpid()
-    return {"runner.host": socket.gethostname(), "runner.pid": str(pid),
-            "runner.pid_start": _start_time(pid) or ""}  # fmt: skip
+def running_runs(client: Any) -> list[Any]:
+    """Every RUNNING run of every experiment in the store."""
+    from mlflow.utils import get_results_from_paginated_fn
 
-
-def is_orphaned(tags: dict[str, str]) -> bool | None:
-    """True when the run's process is gone, False when it lives, None when unknowable here."""
-    if tags.get("runner.host") != socket.gethostname() or "runner.pid" not in tags:
-        return None
-    started = _start_time(int(tags["runner.pid"]))
-    return started is None or started != tags.get("runner.pid_start")
+    experiments = get_results_from_paginated_fn(
+        lambda size, token: client.search_experiments(max_results=size, page_token=token), PAGE
+    )
+    ids = [e.experiment_id for e in experiments]
+    return get_results_from_paginated_fn(
+        lambda size, token: client.search_runs(
+            ids, "attributes.status = 'RUNNING'", max_results=size, page_token=token
+        ),
+        PAGE,
+    )
 
 
 def stale_runs(client: Any) -> tuple[list[Any], int]:
     """RUNNING runs whose process is gone, and how many RUNNING runs could not be judged."""
-    from runner.compare import fetch_runs
-
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    running = fetch_runs(client, experiments, "attributes.status = 'RUNNING'")
-    verdicts = [(run, is_orphaned(run.data.tags)) for run in running]
+    verdicts = [(run, is_orphaned(run.data.tags)) for run in running_runs(client)]
     return [run for run, gone in verdicts if gone], sum(gone is None for _, gone in verdicts)
 
 

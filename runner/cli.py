@@ -1,133 +1,161 @@
-"""`python -m runner`: Hydra composes the config, runner/checks.py checks it, runner/app.py runs it.
+"""`python -m runner`: the gate checks the command line, then Hydra runs the job or the sweep.
 
-Torch is imported only once the config has passed its checks, and MLflow never in this
-process, so a bad value is answered in a fraction of a second with one line and exit
-code 2, before Hydra creates any directory. The tracking process (runner/mlflow_sink.py)
-is started as soon as the arguments parse, to import MLflow on another core meanwhile; it
-is stopped unused when the config fails its checks.
+    main()  ->  gate.check(argv)        settings, code paths, the run's own directory
+            ->  tracking process        MLflow imports on the second core meanwhile
+            ->  Hydra's main            one job, or `with Sweep(...)` a multirun
+            ->  job(cfg)                run.run(conf, RunContext)  (runner/run.py)
+
+Torch is imported only once the command line has passed the gate, and MLflow never in
+this process: a bad value is answered in a fraction of a second with one line and exit
+code 2, before anything is written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
-from runner.checks import (
-    MULTIRUN_FLAGS,
-    check_arguments,
-    check_command_line,
-    explain,
-    report,
-    task_overrides,
-)
-from runner.config import CONF_DIR, ConfigError, load
-from runner.mlflow_sink import tracking_process
-from runner.signals import Terminated
-from runner.store import TrackingUnavailable
-from runner.sweep import parent_run_id
+from runner import gate
+from runner.config import CONF_DIR, Config, ConfigError
+from runner.logs import console
+from runner.signals import Stop, install
+
+MAIN_PID = "RUNNER_MAIN_PID"  # the launching process: jobs there own the terminal
+COMMAND = "RUNNER_COMMAND"  # the command line, for every job's record
 
 
 def main() -> None:
+    """Check, then run; every way out is one line and an exit code."""
     _http_defaults()
-    # conf/hydra/launcher/ray.yaml takes the place of the Ray plugin's preset on purpose.
-    warnings.filterwarnings(
+    warnings.filterwarnings(  # conf/hydra/launcher/ray.yaml stands in for the plugin's preset
         "ignore", r"\s*'hydra/launcher/ray' is validated against ConfigStore schema"
     )
-    # Hydra's composition errors reach us as exceptions, to be told in one line (below).
-    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    if sys.argv[1:] in (["--help"], ["-h"]):
+    argv = sys.argv[1:]
+    if argv in (["--help"], ["-h"]):
         print_help()  # ours, fast; Hydra's own is `--hydra-help`
         return
     try:
-        argv = sys.argv[1:]
-        check_arguments(argv)
-        if any(a in MULTIRUN_FLAGS for a in argv):
-            check_command_line(argv)  # every swept value, before the first job starts
-        hydra_flags = any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv)
-        if not hydra_flags and "mlflow.enabled=false" not in argv:
-            # Started now, it imports MLflow on another core while Hydra composes and the
-            # run imports torch; it writes nothing before the config has checked out.
-            tracking_process()
-        _hydra_main()
+        plan = gate.check(argv)
     except ConfigError as err:
-        report(err)
-    except (HydraException, OmegaConfBaseException) as err:
-        if user_wants_traceback:
-            raise
-        overrides = [a for a in sys.argv[1:] if a not in MULTIRUN_FLAGS]
-        report(explain(err, overrides))
-    except KeyboardInterrupt:
-        print("runner: interrupted (Ctrl-C); the runs so far are ended as KILLED", file=sys.stderr)
-        raise SystemExit(130) from None
-    except Terminated as err:
-        print("runner: terminated (SIGTERM); the runs so far are ended as KILLED", file=sys.stderr)
-        raise SystemExit(err.code) from None
+        _fail(err, 2)
+    console()
+    stopper = install()
+    if plan.runs_jobs and plan.conf is not None and plan.conf.mlflow.enabled:
+        from runner import tracking
+
+        tracking.tracker()  # starts importing MLflow now, while Hydra composes and torch loads
+    os.environ[MAIN_PID] = str(os.getpid())
+    os.environ[COMMAND] = shlex.join(["python", "-m", "runner", *argv])
+    # Hydra's errors reach us as exceptions (checked already: they are the machine's).
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        if plan.multirun:
+            _sweep(plan)
+        else:
+            _hydra(plan, copied=[MAIN_PID, COMMAND])
+    except ConfigError as err:  # found only when the run starts: the data file, the device
+        _discard(plan)
+        _fail(err, 2)
+    except KeyboardInterrupt as err:
+        name = signal.Signals(stopper.signum or signal.SIGINT).name
+        print(f"runner: stopped by {name}; every run it reached is ended KILLED", file=sys.stderr)
+        raise SystemExit(getattr(err, "exit_code", 130)) from None
+
+
+def _hydra(plan: gate.Plan, copied: list[str]) -> None:
+    """Hydra's main on the gate's command line; `copied` reach every job's environment."""
+    sys.argv = [sys.argv[0], *plan.hydra_argv]
+    if plan.runs_jobs:
+        sys.argv.append(f"hydra.job.env_copy=[{','.join(copied)}]")
+    _hydra_main()
+
+
+def _sweep(plan: gate.Plan) -> None:
+    from runner.mlflow_sink import StoreUnavailable
+    from runner.sweep import PARENT_VARIABLE, Sweep
+
+    assert plan.conf is not None and plan.out_dir is not None
+    sweep = Sweep(plan.conf, plan.out_dir, plan.overrides, os.environ[COMMAND])
+    try:
+        with sweep:
+            parent = [PARENT_VARIABLE] if sweep.parent is not None else []
+            _hydra(plan, copied=[MAIN_PID, COMMAND, *parent])
+    except StoreUnavailable as err:
+        if sweep.parent is not None and sweep.parent.run_id is None:  # before any job
+            shutil.rmtree(plan.out_dir, ignore_errors=True)
+            _fail(f"mlflow.tracking_uri={plan.conf.mlflow.tracking_uri!r}: {err}", 2)
+        raise
+
+
+def _discard(plan: gate.Plan) -> None:
+    """Leave nothing behind of a run that never started."""
+    if plan.out_dir is not None and not plan.multirun:
+        shutil.rmtree(plan.out_dir, ignore_errors=True)
+
+
+def _fail(err: object, code: int) -> None:
+    print(f"runner: error: {err}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
-    _http_defaults()  # again: a Ray job runs in a Ray worker, which never ran main()
-    if cfg.mlflow.enabled:
-        tracking_process()  # (started already by main(), except in a launcher's worker)
-    from runner.app import run  # torch is imported only now, after the config checked out
+    return job(cfg)
 
-    job = HydraConfig.get()
-    launch_dir = Path(job.runtime.cwd)
-    multirun = job.mode == RunMode.MULTIRUN
+
+def job(cfg: DictConfig) -> float:
+    """One job: its settings (checked by the gate already), its context, its run."""
+    _http_defaults()  # again: a Ray or Slurm job runs in a process that never ran main()
+    from runner.mlflow_sink import StoreUnavailable
+    from runner.run import RunContext, run  # torch is imported only now
+    from runner.sweep import PARENT_VARIABLE
+
+    hydra_cfg = HydraConfig.get()
+    conf = OmegaConf.to_object(cfg)  # Hydra hands the job's config without its hydra node
+    assert isinstance(conf, Config)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    in_launcher = os.environ.get(MAIN_PID) == str(os.getpid())  # not a parallel worker
+    ctx = RunContext(
+        launch_dir=Path(hydra_cfg.runtime.cwd),
+        run_dir=Path(hydra_cfg.runtime.output_dir),
+        overrides=tuple(hydra_cfg.overrides.task),
+        command=os.environ.get(COMMAND, "python -m runner"),
+        sweep_parent=os.environ.get(PARENT_VARIABLE) or None if multirun else None,
+        owns_terminal=in_launcher,
+        plots=conf.plots if conf.plots is not None else not multirun,
+    )
     try:
-        conf = load(cfg)
-        result = run(
-            conf,
-            launch_dir=launch_dir,
-            run_dir=Path(job.runtime.output_dir),
-            overrides=task_overrides(HydraConfig.instance().cfg),
-            parent_run_id=parent_run_id(launch_dir / job.sweep.dir) if multirun else None,
-            plots=conf.plots if conf.plots is not None else not multirun,
-            # A bar only where one process owns the terminal: not in parallel workers.
-            progress_bar=conf.progress and sys.stderr.isatty() and _in_launching_process(job),
-            # A job in the sweep's own process need not wait for its run to be ended: the
-            # sweep's end waits for the tracking process, which works in order.
-            await_tracking=not (multirun and _in_launching_process(job)),
-        )
-    except ConfigError as err:  # found only on the machine itself, e.g. device=cuda
-        report(err)
-    except TrackingUnavailable as err:
-        print(f"runner: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if (result.status != "FINISHED" or result.tracking_error) and not multirun:
-        raise SystemExit(1)  # diverged, failed its gradient check, or lost its tracking store
+        result = run(conf, ctx)
+    except StoreUnavailable as err:  # a single run: nothing is written, one line
+        raise ConfigError("mlflow.tracking_uri", conf.mlflow.tracking_uri, str(err)) from None
+    if result.status == "KILLED":
+        raise Stop(result.signal or 2)  # the sweep stops with its job
+    if result.status != "FINISHED" and not multirun:
+        raise SystemExit(1)  # diverged, failed its gradient check, or lost its store
     # A sweep goes on past a failed job: inf ranks it last, and Optuna records a bad trial.
     return result.final_loss
 
 
-def _in_launching_process(job: DictConfig) -> bool:
-    return job.mode != RunMode.MULTIRUN or "BasicLauncher" in str(job.launcher.get("_target_"))
-
-
 def _http_defaults() -> None:
-    """A dead tracking server should cost seconds of retries, not minutes (users may override)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    """A tracking server that does not answer costs seconds, not minutes (users may override)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
 def print_help() -> None:
     """Usage, the config groups and every setting with its default, from the configs themselves."""
-    from omegaconf import OmegaConf
-
-    from runner.checks import compose_defaults
-
     groups = sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
     lines = [
         "usage: python -m runner [-m] [key=value ...]",
@@ -141,11 +169,8 @@ def print_help() -> None:
         "",
         "settings (key=value) and their defaults:",
     ]
-    defaults = compose_defaults()
-    for key, value in sorted(defaults.items()):
-        plain = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-        shown = plain if isinstance(plain, str) else json.dumps(plain)
-        lines.append(f"  {key}={shown}")
+    for key, value in sorted(gate.compose_defaults().items()):
+        lines.append(f"  {key}={value if isinstance(value, str) else json.dumps(value)}")
     lines += [
         "",
         "examples:",
@@ -154,6 +179,7 @@ def print_help() -> None:
         "  python -m runner -m lr=0.01,0.05,0.1 optimizer=manual,sgd",
         "  python -m runner -m hydra/launcher=joblib 'lr=range(0.01,0.21,0.01)'",
         "",
-        "Hydra's own help and flags (--cfg job, --info, -cn): python -m runner --hydra-help",
+        "flags: -m (sweep), --cfg job|hydra|all, --info, --config-dir DIR (presets of your own),",
+        "--hydra-help. Hydra's own help: python -m runner --hydra-help",
     ]
     print("\n".join(lines))

@@ -1,18 +1,25 @@
-"""The typed schema Hydra composes into, and the value checks a schema cannot express.
+"""The typed schema Hydra composes into, with each setting's check beside its field.
 
-Nothing here imports torch or MLflow: a bad command line must be answered in
-milliseconds, before anything is written.
+`validate(conf)` walks the schema once and raises a ConfigError naming the first setting
+a run cannot use: the key, the bad value and what is allowed. runner/gate.py calls it
+once per job's settings, before anything is written. Nothing here imports torch or MLflow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 
 def _conf_dir() -> Path:
@@ -22,13 +29,10 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()  # the YAML files: config.yaml and one folder per config group
 
-# The registries in runner/losses.py and runner/optimizers.py are keyed by these names
-# (they assert so on import); the names live here so checking them needs no torch.
-LOSS_NAMES = ("manual", "mse")
-OPTIMIZER_NAMES = ("manual", "sgd", "adam")
-DEVICES = ("cpu", "cuda", "auto")
-INITS = ("fixed", "random")
-DATA_KINDS = ("inline", "synthetic", "csv")
+SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy's generators both take [0, 2**63)
+CHUNK_MAX = 1_000_000  # epochs of history on the device: 1e6 x 8 float32 columns = 32 MB
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the data become float32 tensors
+EXPERIMENT_NAME_MAX = 500  # MLflow refuses longer experiment names
 
 
 class ConfigError(ValueError):
@@ -36,46 +40,229 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        super().__init__(f"{key}={_shown(value)} is not allowed: {allowed}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value.value if isinstance(value, Enum) else value)
+    return text if len(text) <= 80 else f"{text[:60]}...({len(text)} characters)"
+
+
+# Names the registries in runner/losses.py and runner/optimizers.py are keyed by. str-based,
+# so `conf.loss.name == "mse"` holds and MLflow params read "mse".
+class LossName(str, Enum):
+    manual = "manual"  # ((y_hat - y) ** 2).mean(), written out
+    mse = "mse"  # torch.nn.MSELoss
+
+
+class OptimizerName(str, Enum):
+    manual = "manual"  # p <- p - lr * grad inside torch.no_grad(), written out
+    sgd = "sgd"  # torch.optim.SGD
+    adam = "adam"  # torch.optim.Adam
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"  # CUDA when torch sees a GPU
+
+
+class Init(str, Enum):
+    fixed = "fixed"  # start at (model.a, model.b)
+    random = "random"  # a, b ~ N(0, 1) from the seed
+
+
+class DataKind(str, Enum):
+    inline = "inline"
+    synthetic = "synthetic"
+    csv = "csv"
+
+
+# A check: a predicate on the value and the words for what is allowed.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def check(ok: Callable[[Any], bool], allowed: str) -> dict[str, Rule]:
+    """Field metadata: validate() raises ConfigError(key, value, allowed) when ok(value) fails."""
+    return {"check": (ok, allowed)}
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _positive(v: float) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _float32(v: float | None) -> bool:
+    return v is None or (math.isfinite(v) and abs(v) <= FLOAT32_MAX)
+
+
+def _seed(v: int | None) -> bool:
+    return v is None or 0 <= v <= SEED_MAX
+
+
+FINITE32 = f"a finite number of at most {FLOAT32_MAX:.4g} in size (the data are float32)"
 
 
 @dataclass
 class ModelConfig:
     bias: bool = True  # false: y = a*x, the single parameter of seed 000
-    init: str = "fixed"  # fixed: start at (a, b); random: a, b ~ N(0, 1) from the seed
-    a: float = 1.0
-    b: float = 1.0
+    init: Init = Init.fixed
+    a: float = field(default=1.0, metadata=check(_finite, "a finite number"))
+    b: float = field(default=1.0, metadata=check(_finite, "a finite number"))
+
+    def check(self) -> None:
+        if not self.bias and self.b != 0.0:
+            raise ConfigError("b", self.b, "0.0 when model.bias=false")
 
 
 @dataclass
 class LossConfig:
-    name: str = "manual"
+    name: LossName = LossName.manual
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "manual"
-    momentum: float = 0.0  # manual, sgd
-    nesterov: bool = False  # manual, sgd
-    weight_decay: float = 0.0  # every optimizer: adds weight_decay * p to the gradient
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # noqa: UP006 - adam
-    eps: float = 1e-8  # adam
+    name: OptimizerName = OptimizerName.manual
+    # manual, sgd: v = momentum * v + g, the step along v (or g + momentum * v with nesterov)
+    momentum: float = field(default=0.0, metadata=check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    nesterov: bool = False
+    # every optimizer: adds weight_decay * p to the gradient
+    weight_decay: float = field(
+        default=0.0, metadata=check(lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+    )
+    betas: List[float] = field(  # noqa: UP006 - adam
+        default_factory=lambda: [0.9, 0.999],
+        metadata=check(
+            lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"
+        ),
+    )
+    eps: float = field(default=1e-8, metadata=check(_positive, "a number > 0"))  # adam
+
+    def check(self) -> None:
+        if self.nesterov and not self.momentum:
+            raise ConfigError("nesterov", True, "false when momentum=0")
+        if self.name == OptimizerName.adam and (self.momentum or self.nesterov):
+            raise ConfigError("momentum", self.momentum, "0 with adam (its betas play that part)")
+
+
+# Which data settings belong to which kind: a setting of a kind that is not selected is an
+# error, never silently dropped (`data.path=p.csv` without `data=csv`).
+DATA_FIELDS = {
+    DataKind.inline: {"x", "y", "true_a", "true_b"},
+    DataKind.synthetic: {"n", "true_a", "true_b", "noise", "seed"},
+    DataKind.csv: {"path"},
+}
+DATA_PRESET = {DataKind.inline: "seed_002", DataKind.synthetic: "synthetic", DataKind.csv: "csv"}
+
+
+def _points(v: list[float] | None) -> bool:
+    return v is None or (len(v) > 0 and all(_float32(p) for p in v))
 
 
 @dataclass
 class DataConfig:
-    kind: str = "inline"
+    kind: DataKind = DataKind.inline
     # inline: the points; y may be left null and computed as true_a * x + true_b
-    x: Optional[List[float]] = None  # noqa: UP006, UP045
-    y: Optional[List[float]] = None  # noqa: UP006, UP045
-    true_a: Optional[float] = None  # noqa: UP045
-    true_b: Optional[float] = None  # noqa: UP045
+    x: Optional[List[float]] = field(  # noqa: UP006, UP045
+        default=None, metadata=check(_points, f"a non-empty list, each {FINITE32}")
+    )
+    y: Optional[List[float]] = field(  # noqa: UP006, UP045
+        default=None, metadata=check(_points, f"a non-empty list, each {FINITE32}")
+    )
+    true_a: Optional[float] = field(default=None, metadata=check(_float32, FINITE32))  # noqa: UP045
+    true_b: Optional[float] = field(default=None, metadata=check(_float32, FINITE32))  # noqa: UP045
     # synthetic: n points, x ~ U(-1, 1), y = true_a * x + true_b + noise * N(0, 1)
-    n: int = 100
-    noise: float = 0.0
-    seed: Optional[int] = None  # noqa: UP045 - null: the run's seed
-    # csv: a file with numeric columns x and y
-    path: Optional[str] = None  # noqa: UP045
+    n: Optional[int] = field(  # noqa: UP045
+        default=None, metadata=check(lambda v: v is None or 1 <= v <= 10**9, "in [1, 1e9]")
+    )
+    noise: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata=check(lambda v: v is None or (_float32(v) and v >= 0), "a number >= 0"),
+    )
+    seed: Optional[int] = field(  # noqa: UP045 - null: the run's seed
+        default=None, metadata=check(_seed, f"null or an integer in [0, {SEED_MAX}]")
+    )
+    # csv: a file with numeric columns x and y (relative paths: from the launch directory)
+    path: Optional[str] = field(  # noqa: UP045
+        default=None, metadata=check(lambda v: v is None or bool(v.strip()), "a file name")
+    )
+
+    def check(self) -> None:
+        for name in sorted(set().union(*DATA_FIELDS.values()) - DATA_FIELDS[self.kind]):
+            value = getattr(self, name)
+            if value is not None:
+                kinds = [k.value for k, names in DATA_FIELDS.items() if name in names]
+                allowed = (
+                    f"a setting of data={DATA_PRESET[DataKind(kinds[0])]}, and the data in use are "
+                    f"{self.kind.value} (add data={DATA_PRESET[DataKind(kinds[0])]})"
+                )
+                raise ConfigError(name, value, allowed)
+        if self.kind == DataKind.inline:
+            self._check_inline()
+        elif self.kind == DataKind.synthetic:
+            for name in ("n", "true_a", "true_b", "noise"):
+                if getattr(self, name) is None:
+                    raise ConfigError(name, None, "a value for data=synthetic")
+        elif self.path is None:
+            raise ConfigError("path", None, "the path of a CSV file with columns x and y")
+
+    def _check_inline(self) -> None:
+        if self.x is None:
+            raise ConfigError("x", None, "a non-empty list of numbers")
+        if self.y is None:
+            for name in ("true_a", "true_b"):  # y = true_a * x + true_b needs both
+                if getattr(self, name) is None:
+                    raise ConfigError(name, None, "a number when data.y is not given")
+        elif len(self.y) != len(self.x):
+            raise ConfigError("y", self.y, f"a list as long as data.x ({len(self.x)} values)")
+
+
+def _tracking_uri(uri: str | None) -> str | None:
+    """Why an MLflow tracking URI cannot be used, or None when it can."""
+    if uri is None:
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        if "@" in uri:  # user:password@host, whatever the password holds (@ or /)
+            return (
+                "a URI without user:password (MLflow reads them from MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD, or a token from MLFLOW_TRACKING_TOKEN)"
+            )
+        return None if parts.hostname else "http(s)://host[:port]"
+    if parts.scheme == "sqlite":
+        return _sqlite_problem(uri)
+    if parts.scheme in ("postgresql", "mysql", "mssql"):
+        return "an MLflow server (http://...) or sqlite:///path (databases need their drivers)"
+    return (
+        "null (sqlite:///<launch dir>/mlflow.db), sqlite:///ABSOLUTE/PATH.db or http(s)://host:port"
+    )
+
+
+def _sqlite_problem(uri: str) -> str | None:
+    if not uri.startswith("sqlite:////"):
+        return "sqlite:////ABSOLUTE/path/mlflow.db (four slashes: an absolute path)"
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        if not path.is_file():
+            return f"a database file ({path} is not a file)"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"a database this process can write ({path} is read-only)"
+        return None
+    if not path.parent.is_dir():
+        return f"a file in an existing directory ({path.parent} does not exist)"
+    return _writable_dir(path.parent)
+
+
+def _writable_dir(directory: Path) -> str | None:
+    """Whether files can be created here; the probe leaves nothing behind."""
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as err:
+        return f"a directory files can be written to ({directory}: {err.strerror})"
+    return None
 
 
 @dataclass
@@ -83,12 +270,31 @@ class MlflowConfig:
     enabled: bool = True
     required: bool = True  # false: when the store cannot be reached, train with the CSV only
     tracking_uri: Optional[str] = None  # noqa: UP045 - null: sqlite:///<launch dir>/mlflow.db
-    experiment: str = "runner"
+    experiment: str = field(
+        default="runner",
+        metadata=check(
+            lambda v: 0 < len(v) <= EXPERIMENT_NAME_MAX, f"1 to {EXPERIMENT_NAME_MAX} characters"
+        ),
+    )
+
+    def check(self) -> None:
+        if problem := _tracking_uri(self.tracking_uri):
+            raise ConfigError("tracking_uri", _without_password(self.tracking_uri), problem)
+
+
+def _without_password(uri: str | None) -> str | None:
+    """The URI as it may be shown: user:password@ taken out of the host part."""
+    if uri is None or "@" not in uri:
+        return uri
+    scheme = urllib.parse.urlsplit(uri).scheme
+    return f"{scheme}://***@{uri.rpartition('@')[2]}"  # all before the last @ may be secret
 
 
 @dataclass
 class StopConfig:
-    tol: Optional[float] = None  # noqa: UP045 - stop once |loss_k - loss_k-1| < tol; null: never
+    tol: Optional[float] = field(  # noqa: UP045 - stop once |loss_k - loss_k-1| < tol
+        default=None, metadata=check(lambda v: v is None or _positive(v), "null or > 0")
+    )
 
 
 @dataclass
@@ -99,115 +305,47 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     stop: StopConfig = field(default_factory=StopConfig)
-    lr: float = 0.05
-    epochs: int = 50
-    device: str = "cpu"
-    seed: int = 0
+    lr: float = field(default=0.05, metadata=check(_positive, "a finite number > 0"))
+    epochs: int = field(default=50, metadata=check(lambda v: v >= 1, "an integer >= 1"))
+    device: Device = Device.cpu
+    seed: int = field(default=0, metadata=check(_seed, f"an integer in [0, {SEED_MAX}]"))
     zero_grad: bool = True  # false: gradients accumulate across epochs, as in seed 001
-    chunk: int = 1000  # epochs of history kept on the device between two host copies
-    print_every: int = 0  # print every N-th epoch's row as the notebooks do; 0: summary only
+    # epochs of history kept on the device between two host copies
+    chunk: int = field(
+        default=1000, metadata=check(lambda v: 1 <= v <= CHUNK_MAX, f"in [1, {CHUNK_MAX}]")
+    )
+    # print every N-th epoch's row as the notebooks do; 0: summary only
+    print_every: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
     check_grad: bool = False  # compare autograd's gradient with the analytic one every epoch
-    check_grad_tol: float = 1e-4  # ... and fail the run when they differ by more (relative)
+    check_grad_tol: float = field(  # ... and fail the run when they differ by more (relative)
+        default=1e-4, metadata=check(_positive, "a number > 0")
+    )
     plots: Optional[bool] = None  # noqa: UP045 - PNGs of the run; null: yes, unless in a sweep
     progress: bool = True  # a progress bar on a terminal, for runs that last a while
     deterministic: bool = False  # torch.use_deterministic_algorithms(True)
+
+    def check(self) -> None:
+        if self.check_grad and not self.zero_grad:
+            allowed = "false with zero_grad=false (accumulated gradients are not the analytic one)"
+            raise ConfigError("check_grad", True, allowed)
 
 
 ConfigStore.instance().store(name="schema", node=Config)
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(key, value, allowed)
-
-
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    _require(value in allowed, key, value, "one of " + ", ".join(allowed))
-
-
-def _finite(key: str, value: float | None) -> None:
-    _require(value is not None and math.isfinite(value), key, value, "a finite number")
-
-
-def validate(cfg: Config) -> None:
-    """Raise ConfigError for the first setting a run cannot use. Types are Hydra's job."""
-    _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
-    _require(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
-    _require(cfg.chunk >= 1, "chunk", cfg.chunk, "an integer >= 1")
-    tol = cfg.stop.tol
-    _require(tol is None or (math.isfinite(tol) and tol > 0), "stop.tol", tol, "null or > 0")
-    _require(
-        math.isfinite(cfg.check_grad_tol) and cfg.check_grad_tol > 0,
-        "check_grad_tol", cfg.check_grad_tol, "a number > 0",
-    )  # fmt: skip
-    _require(
-        not (cfg.check_grad and not cfg.zero_grad), "check_grad", True,
-        "false with zero_grad=false (accumulated gradients are not the analytic gradient)",
-    )  # fmt: skip
-    _require(cfg.print_every >= 0, "print_every", cfg.print_every, "an integer >= 0 (0: off)")
-    _one_of("device", cfg.device, DEVICES)
-    _one_of("loss.name", cfg.loss.name, LOSS_NAMES)
-    _one_of("optimizer.name", cfg.optimizer.name, OPTIMIZER_NAMES)
-    _validate_optimizer(cfg.optimizer)
-    _one_of("model.init", cfg.model.init, INITS)
-    _finite("model.a", cfg.model.a)
-    _finite("model.b", cfg.model.b)
-    _require(
-        cfg.model.bias or cfg.model.b == 0.0, "model.b", cfg.model.b, "0.0 when model.bias=false"
-    )
-    _require(bool(cfg.mlflow.experiment), "mlflow.experiment", cfg.mlflow.experiment, "a name")
-    _validate_data(cfg.data)
-
-
-def _validate_optimizer(opt: OptimizerConfig) -> None:
-    _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "a number in [0, 1)")
-    _require(
-        not opt.nesterov or opt.momentum > 0, "optimizer.nesterov", True, "false when momentum=0"
-    )
-    _require(
-        math.isfinite(opt.weight_decay) and opt.weight_decay >= 0,
-        "optimizer.weight_decay", opt.weight_decay, "a number >= 0",
-    )  # fmt: skip
-    betas_ok = len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas)
-    _require(betas_ok, "optimizer.betas", opt.betas, "two numbers in [0, 1)")
-    _require(math.isfinite(opt.eps) and opt.eps > 0, "optimizer.eps", opt.eps, "a number > 0")
-    if opt.name == "adam":
-        _require(not opt.momentum and not opt.nesterov, "optimizer.momentum", opt.momentum,
-                 "0 with adam (its betas play that part)")  # fmt: skip
-
-
-def _validate_data(data: DataConfig) -> None:
-    _one_of("data.kind", data.kind, DATA_KINDS)
-    if data.kind == "inline":
-        _require(bool(data.x), "data.x", data.x, "a non-empty list of numbers")
-        for i, v in enumerate(data.x):
-            _finite(f"data.x[{i}]", v)
-        if data.y is None:
-            _finite("data.true_a", data.true_a)  # y = true_a * x + true_b needs both
-            _finite("data.true_b", data.true_b)
-        else:
-            _require(
-                len(data.y) == len(data.x),
-                "data.y",
-                data.y,
-                f"a list as long as data.x ({len(data.x)} values)",
-            )
-            for i, v in enumerate(data.y):
-                _finite(f"data.y[{i}]", v)
-    elif data.kind == "synthetic":
-        _require(data.n >= 1, "data.n", data.n, "an integer >= 1")
-        _finite("data.true_a", data.true_a)
-        _finite("data.true_b", data.true_b)
-        _require(
-            math.isfinite(data.noise) and data.noise >= 0, "data.noise", data.noise, "a number >= 0"
-        )
-    else:  # csv: the file itself is checked when it is read (runner/data.py)
-        _require(bool(data.path), "data.path", data.path, "the path of a CSV file")
-
-
-def load(cfg: DictConfig) -> Config:
-    """The composed config as a checked Config object."""
-    conf = OmegaConf.to_object(cfg)
-    assert isinstance(conf, Config)
-    validate(conf)
-    return conf
+def validate(node: Any, prefix: str = "") -> None:
+    """Raise ConfigError for the first setting a run cannot use: every field's own check,
+    then each section's check() of how its fields go together. Types are OmegaConf's job."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}.")
+        elif "check" in f.metadata:
+            ok, allowed = f.metadata["check"]
+            if not ok(value):
+                raise ConfigError(prefix + f.name, value, allowed)
+    if hasattr(node, "check"):
+        try:
+            node.check()
+        except ConfigError as err:  # the section names its own field; give the full key
+            raise ConfigError(prefix + err.key, err.value, err.allowed) from None

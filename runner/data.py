@@ -18,6 +18,16 @@ if TYPE_CHECKING:
 
 def load_arrays(data: DataConfig, seed: int, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The points (x, y) as float32 arrays; relative CSV paths are taken from base_dir."""
+    x, y = _arrays(data, seed, base_dir)
+    for name, values in (("x", x), ("y", y)):
+        if not np.isfinite(values).all():  # e.g. 1e39 from a CSV, or true_a * x overflowing
+            row = int(np.argmin(np.isfinite(values)))
+            allowed = f"points that are finite in float32 ({name}[{row}] is not)"
+            raise ConfigError("data", data.kind.value, allowed)
+    return x, y
+
+
+def _arrays(data: DataConfig, seed: int, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.kind == "inline":
         x = np.asarray(data.x, dtype=np.float32)
         if data.y is not None:
@@ -53,7 +63,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     columns = []
     for name in ("x", "y"):
         values = pd.to_numeric(frame[name], errors="coerce")
-        bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        with np.errstate(over="ignore"):  # a number too large for float32 becomes inf: refused
+            bad = ~np.isfinite(values.to_numpy(dtype=np.float64).astype(np.float32))
         if bad.any():
             row = int(np.argmax(bad))
             held = str(frame[name].iloc[row])

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from runner.config import LOSS_NAMES
+from runner.config import LossName
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -16,12 +16,12 @@ def manual_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((y_hat - y) ** 2).mean()
 
 
-LOSSES: dict[str, Callable[[], Loss]] = {
-    "manual": lambda: manual_mse,
-    "mse": torch.nn.MSELoss,
+LOSSES: dict[LossName, Callable[[], Loss]] = {
+    LossName.manual: lambda: manual_mse,
+    LossName.mse: torch.nn.MSELoss,
 }
-assert tuple(LOSSES) == LOSS_NAMES, "runner/config.py must list the same loss names"
+assert set(LOSSES) == set(LossName), "runner/config.py must list the same loss names"
 
 
-def build_loss(name: str) -> Loss:
+def build_loss(name: LossName) -> Loss:
     return LOSSES[name]()

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from runner.config import OPTIMIZER_NAMES, OptimizerConfig
+from runner.config import OptimizerConfig, OptimizerName
 
 
 class Optimizer(Protocol):
@@ -76,9 +76,13 @@ def _adam(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimizerConfig)
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], float, OptimizerConfig], Optimizer]]
-OPTIMIZERS = {"manual": _manual, "sgd": _sgd, "adam": _adam}
-assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES, "runner/config.py must list the same names"
+Build = Callable[[Iterable[torch.nn.Parameter], float, OptimizerConfig], Optimizer]
+OPTIMIZERS: dict[OptimizerName, Build] = {
+    OptimizerName.manual: _manual,
+    OptimizerName.sgd: _sgd,
+    OptimizerName.adam: _adam,
+}
+assert set(OPTIMIZERS) == set(OptimizerName), "runner/config.py must list the same names"
 
 
 def build_optimizer(

@@ -1,30 +1,25 @@
-"""Pictures of what gradient descent did, as PNG files (matplotlib, no display needed).
-
-One run: the loss per epoch against the optimum, the data with the fitted and the exact
-line, and the path of the parameters over the loss surface. A sweep: final loss against
-lr with the stability limit, and the loss curves of its jobs.
+"""Pictures of one run, as PNG files (matplotlib, no display needed): the loss per epoch
+against the optimum, the data with the fitted and the exact line, and the path of the
+parameters over the loss surface. A sweep's pictures are in runner/report.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from runner.analysis import Optimum, design
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 MAX_POINTS = 2000  # scatter at most this many data points; a line does not need more
-WIDE = (8, 5)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display, also in worker processes
-    import matplotlib.pyplot as plt
-
-    return plt
+WIDE = (8, 5)  # inches, as the sweep's pictures (runner/report.py)
+DPI = 110
+EXACT = 1e-12  # an optimum loss this small relative to mean(y^2) is float rounding of 0
 
 
 def run_plots(
@@ -40,29 +35,56 @@ def run_plots(
     `final` holds the parameters the run ended with (the last row of the history holds
     the ones before the last step).
     """
-    plt = _pyplot()
-    paths = [out_dir / "loss.png", out_dir / "fit.png", out_dir / "trajectory.png"]
-    for draw, path in zip((_loss, _fit, _trajectory), paths, strict=True):
-        fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
-        draw(ax, history, x, y, best, final)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    paths = []
+    for name, fig in run_figures(history, x, y, best, final).items():
+        paths.append(out_dir / f"{name}.png")
+        fig.savefig(paths[-1], dpi=DPI)
     return paths
 
 
-def _loss(ax, history: pd.DataFrame, x, y, best: Optimum, final: dict) -> None:
+def run_figures(
+    history: pd.DataFrame,
+    x: np.ndarray,
+    y: np.ndarray,
+    best: Optimum,
+    final: dict[str, float],
+) -> dict[str, Figure]:
+    """The three pictures of a run by name (loss, fit, trajectory), not yet written."""
+    from matplotlib.figure import Figure
+
+    figures = {}
+    for name, draw in (("loss", _loss), ("fit", _fit), ("trajectory", _trajectory)):
+        # A bare Figure, not pyplot: nothing global to close, no display backend needed.
+        fig = Figure(figsize=WIDE, layout="constrained")
+        draw(fig.subplots(), history, x, y, best, final)
+        figures[name] = fig
+    return figures
+
+
+def exact_fit(best: Optimum, y: np.ndarray) -> bool:
+    """Whether the optimum loss is 0 up to rounding, judged on the data's own scale (the
+    history's losses say nothing about it: a diverged run's reach 1e30)."""
+    scale = float(np.mean(np.square(y.astype(np.float64))))
+    return best.loss == 0.0 or best.loss <= EXACT * scale
+
+
+def _loss(
+    ax: Any, history: pd.DataFrame, x: np.ndarray, y: np.ndarray, best: Optimum, final: dict
+) -> None:
     ax.plot(history["epoch"], history["loss"], label="loss")
-    if best.loss > 1e-12 * max(1.0, float(history["loss"].max())):
-        ax.axhline(best.loss, color="C3", linestyle="--", label=f"optimum {best.loss:.4g}")
-    else:  # an exact fit: the optimum is 0, which a log axis cannot show
+    if exact_fit(best, y):  # the optimum is 0, which a log axis cannot show
         ax.plot([], [], " ", label="optimum: 0 (the line fits the data exactly)")
+    else:
+        ax.axhline(best.loss, color="C3", linestyle="--", label=f"optimum {best.loss:.4g}")
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="loss (MSE, log scale)", title="Loss per epoch")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
 
 
-def _fit(ax, history: pd.DataFrame, x, y, best: Optimum, final: dict) -> None:
+def _fit(
+    ax: Any, history: pd.DataFrame, x: np.ndarray, y: np.ndarray, best: Optimum, final: dict
+) -> None:
     many = len(x) > MAX_POINTS
     shown = np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False) if many else ...
     ax.scatter(x[shown], y[shown], s=14, color="0.6", label="data", zorder=1)
@@ -76,7 +98,9 @@ def _fit(ax, history: pd.DataFrame, x, y, best: Optimum, final: dict) -> None:
     ax.legend()
 
 
-def _trajectory(ax, history: pd.DataFrame, x, y, best: Optimum, final: dict) -> None:
+def _trajectory(
+    ax: Any, history: pd.DataFrame, x: np.ndarray, y: np.ndarray, best: Optimum, final: dict
+) -> None:
     X, y64 = design(x, "b" in best.params), y.astype(np.float64)
     a = np.append(history["a"].to_numpy(), final["a"])  # the path ends where the run ended
     if "b" not in best.params:  # one parameter: the loss curve and the steps along it
@@ -116,43 +140,3 @@ def _span(values: np.ndarray) -> tuple[float, float]:
     lo, hi = float(finite.min()), float(finite.max())
     pad = 0.15 * (hi - lo) or 0.5
     return lo - pad, hi + pad
-
-
-def sweep_plots(summary: pd.DataFrame, sweep_dir: Path, top: int = 10) -> list[Path]:
-    """final_loss_vs_lr.png (when lr was swept) and losses.png in the sweep directory."""
-    plt = _pyplot()
-    paths = []
-    if summary["lr"].nunique() > 1:
-        fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
-        done = summary[summary["status"] == "FINISHED"]
-        ax.plot(done["lr"], done["final_loss"], "o", label="finished")
-        diverged = summary[summary["status"] == "DIVERGED"]
-        if len(diverged):
-            ceiling = done["final_loss"].max() if len(done) else 1.0
-            ax.plot(diverged["lr"], np.full(len(diverged), ceiling), "x", color="C3",
-                    markersize=9, label="diverged (drawn at the top)")  # fmt: skip
-        limit = summary["stable_lr_max"].dropna()
-        if len(limit):
-            ax.axvline(limit.iloc[0], color="C3", linestyle="--",
-                       label=f"stability limit 2/λmax = {limit.iloc[0]:.4g}")  # fmt: skip
-        ax.set(xscale="log", yscale="log", xlabel="lr (log scale)", ylabel="final loss (log)")
-        ax.set_title("Final loss against learning rate")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        paths.append(sweep_dir / "final_loss_vs_lr.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
-    for row in summary.head(top).itertuples(index=False):
-        csv = sweep_dir / str(row.job) / "metrics.csv"
-        if csv.is_file():
-            history = pd.read_csv(csv, usecols=["epoch", "loss"])
-            ax.plot(history["epoch"], history["loss"], label=f"{row.overrides} ({row.status})")
-    ax.set(yscale="log", xlabel="epoch", ylabel="loss (log scale)",
-           title=f"Loss per epoch, best {min(top, len(summary))} jobs")  # fmt: skip
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    paths.append(sweep_dir / "losses.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import platform
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -41,10 +40,10 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def record(device: torch.device) -> dict[str, str]:
+def record(device: torch.device, command: str) -> dict[str, str]:
     """Tags for MLflow: with the seed and the config (logged as params) a run can be redone."""
     tags = {
-        "runner.command": " ".join(["python -m runner", *sys.argv[1:]]),
+        "runner.command": command,
         "runner.device": device_name(device),
         "runner.python": platform.python_version(),
     }

@@ -1,59 +1,81 @@
-"""Signals: SIGTERM as an exception, so a killed run unwinds like Ctrl-C and ends its
-MLflow run; and chunks that are written whole even when a signal arrives meanwhile."""
+"""Ctrl-C, SIGTERM and SIGHUP (a closed terminal): one way to stop, whatever the signal.
+
+A training loop stops at the next epoch boundary when `stop` is set, so the chunk in hand
+reaches every sink whole and the run ends KILLED with the CSV and MLflow equal. Where no
+loop is listening (between the jobs of a sweep, waiting on a parallel launcher) the
+signal raises Stop, which unwinds like Ctrl-C. The store holds at most about a second of
+work back (runner/tracking.py), so ending the run KILLED takes seconds even on a long run.
+"""
 
 from __future__ import annotations
 
-import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import FrameType
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Terminated(SystemExit):
-    """Raised by SIGTERM; exit code 143 (128 + 15), as a shell reports it."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(128 + signum)
+class Stop(KeyboardInterrupt):
+    """Raised by a stop signal; exits with 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
-def sigterm_raises() -> Any:
-    """Install the handler; return the previous one (None where signals cannot be set)."""
-    try:
-        return signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread (a thread-based launcher): leave it alone
-        return None
+class Stopper:
+    """The process's stop state, set by the first signal."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()  # cheap to poll once per epoch
+        self.signum = 0
+        self.listening: str | None = None  # while a loop polls `stop`: what it will keep
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            print(
+                f"runner: {name} again: still ending the run as KILLED (the store takes "
+                "seconds at most; kill -9 would leave it RUNNING)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            self.signum = signum
+            self.stop.set()
+            if self.listening:
+                print(f"runner: stopping on {name}: {self.listening}", file=sys.stderr, flush=True)
+        if not self.listening:
+            raise Stop(signum)
+
+    def raise_if_stopped(self) -> None:
+        if self.stop.is_set():
+            raise Stop(self.signum)
+
+    @contextmanager
+    def listening_while(self, what: str) -> Iterator[None]:
+        """Signals only set `stop` while the block runs: it polls and stops cleanly."""
+        before, self.listening = self.listening, what
+        try:
+            yield
+        finally:
+            self.listening = before
 
 
-def restore_sigterm(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+STOPPER = Stopper()  # signals are the process's: one stopper per process
 
 
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then act on them as usual.
-
-    Around the write of one chunk this keeps the sinks in step: every sink gets the
-    chunk or none does, instead of the CSV holding epochs that MLflow rolled back.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if held:
-            handler = previous[held[0]]
-            if callable(handler):
-                handler(held[0], None)  # raises KeyboardInterrupt or Terminated
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), held[0])
+def install() -> Stopper:
+    """Route the stop signals to STOPPER (only the main thread may set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, STOPPER.handle)
+    return STOPPER

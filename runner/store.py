@@ -1,17 +1,16 @@
-"""Where the MLflow store is and how runs are named in it, without importing MLflow."""
+"""Where the MLflow store is, how runs are named in it, and whether a server answers.
+
+Nothing here imports MLflow.
+"""
 
 from __future__ import annotations
 
-import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 SQLITE = "sqlite:///"
-
-
-class TrackingUnavailable(RuntimeError):
-    """The MLflow store could not be opened; the message is one line, password-free."""
 
 
 def default_tracking_uri(launch_dir: Path) -> str:
@@ -35,9 +34,12 @@ def missing_store_error(tracking_uri: str) -> str | None:
     return None
 
 
-def redact(text: str) -> str:
-    """Hide the password of a URI such as http://user:secret@host before it is logged."""
-    return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", text)
+def redact(uri: str) -> str:
+    """The URI without a user:password@ part (the runner refuses them; other tools may see one)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def run_name(overrides: list[str]) -> str:
@@ -50,13 +52,10 @@ def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:
     """For an http(s) tracking URI: why its server does not answer, or None when it does."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
-    # /health needs no login; urllib would take user:password@ for part of the host name.
-    address = re.sub(r"://[^/@\s]+@", "://", tracking_uri.rstrip("/"))
     try:
-        with urllib.request.urlopen(f"{address}/health", timeout=timeout):
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
             return None
     except urllib.error.HTTPError as err:  # it answers, if not on /health: let MLflow judge
         return None if err.code < 500 else f"HTTP {err.code}"
     except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        return str(reason)
+        return str(getattr(err, "reason", err))

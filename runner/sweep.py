@@ -1,142 +1,91 @@
-"""Sweeps: one MLflow parent run per multirun, and summary.csv when it ends.
+"""A sweep, start to end: its parent MLflow run opened before the first job, summary.csv
+and the pictures once the last job has ended, and the parent ended with how it went.
 
-Hydra calls SweepCallback in the process that launches the jobs, once before the first
-job and once after the last, whatever the launcher or sweeper. Jobs find the parent run
-through a small file in the sweep directory, which also works for jobs in other processes.
+runner/cli.py runs Hydra's multirun inside `with Sweep(...)`: the jobs, in this process
+or elsewhere, find their parent through RUNNER_SWEEP_PARENT, which Hydra copies into every
+job's environment (hydra.job.env_copy), whatever the launcher.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import math
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
 
-from runner.checks import task_overrides
-from runner.signals import sigterm_raises
-from runner.store import TrackingUnavailable, default_tracking_uri, redact, run_name
+from runner import tracking
+from runner.config import Config
+from runner.logs import console
+from runner.mlflow_sink import MlflowSink, end_the_unended, timeout
+from runner.report import summarize, sweep_plots
+from runner.store import default_tracking_uri, run_name
+from runner.tracking import Ending, RunSpec, TrackingError
 
-PARENT_FILE = "mlflow_parent.json"
-SUMMARY_COLUMNS = [
-    "job",
-    "overrides",
-    "status",
-    "lr",
-    "stable_lr_max",
-    "final_loss",
-    "final_a",
-    "final_b",
-    "epochs_run",
-    "diverged_at_epoch",
-    "converged_at_epoch",
-    "mlflow_run_id",
-]
-STATUS_ORDER = {"FINISHED": 0, "DIVERGED": 1, "KILLED": 2, "FAILED": 3}
+log = logging.getLogger("runner")
+PARENT_VARIABLE = "RUNNER_SWEEP_PARENT"
 
 
-def parent_run_id(sweep_dir: Path) -> str | None:
-    """The sweep's parent run, for a job of that sweep (None when MLflow is off)."""
-    path = sweep_dir / PARENT_FILE
-    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+class Sweep:
+    def __init__(self, conf: Config, sweep_dir: Path, overrides: list[str], command: str) -> None:
+        self.conf, self.sweep_dir = conf, sweep_dir
+        self.parent: MlflowSink | None = None
+        if conf.mlflow.enabled:
+            uri = conf.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
+            tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides),
+                    "runner.command": command, "runner.main_pid": str(os.getpid())}  # fmt: skip
+            name = f"sweep {run_name(overrides)}"
+            self.parent = MlflowSink(RunSpec(uri, conf.mlflow.experiment, name, {}, tags))
 
+    def __enter__(self) -> Sweep:
+        if self.parent is not None:
+            # Opened here, before any job: the store's tables and the experiment then exist
+            # before parallel jobs race to create them.
+            self.parent.open()
+            os.environ[PARENT_VARIABLE] = self.parent.run_id or ""
+        return self
 
-class SweepCallback(Callback):
-    def __init__(self) -> None:
-        self.parent: str | None = None  # the parent run's id, while it is open
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = _sweep_dir(config)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not config.mlflow.enabled:
-            return
-        from runner.mlflow_sink import TrackingError, tracking_process
-
-        uri = config.mlflow.tracking_uri or default_tracking_uri(Path(config.hydra.runtime.cwd))
-        overrides = [redact(o) for o in task_overrides(config)]
-        tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides)}
-        tags["runner.main_pid"] = str(os.getpid())  # the launching process
-        # Created here, in the launching process and before any job starts: the store's
-        # tables and the experiment then exist before parallel jobs race to create them.
-        try:
-            run_id = tracking_process().call(
-                "open_run", tracking_uri=uri, experiment=config.mlflow.experiment,
-                run_name=f"sweep {run_name(overrides)}", params={}, tags=tags,
-            )  # fmt: skip
-        except TrackingError as err:
-            why = f"cannot open an MLflow run at {redact(uri)}: {err}"
-            raise TrackingUnavailable(why) from None
-        self.parent = run_id  # (launchers pickle this callback: no process handle in it)
-        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
-        # Ctrl-C, SIGTERM or a crash ends the parent as KILLED/FAILED instead of RUNNING.
-        atexit.register(self._end_parent, "KILLED")
-        sigterm_raises()
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = _sweep_dir(config)
-        summary = summarize(sweep_dir)
-        path = sweep_dir / "summary.csv"
+    def __exit__(self, kind: type[BaseException] | None, *exc: Any) -> None:
+        status = "FINISHED" if kind is None else "FAILED"
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            status = "KILLED"
+        console()  # the last job's log file is closed: the sweep speaks on the console
+        summary = summarize(self.sweep_dir)
+        path = self.sweep_dir / "summary.csv"
         summary.to_csv(path, index=False)
-        shown = summary[["overrides", "status", "final_loss", "final_a", "final_b"]]
-        print(f"runner: sweep of {len(summary)} jobs, best first ({path}):")
-        print(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-        pictures = _sweep_plots(summary, sweep_dir)
-        if self.parent is not None:
-            files = [str(p) for p in [path, *pictures]]
-            self._end_parent("FINISHED", **_best(summary), files=files)
+        _show(summary, path)
+        pictures = _pictures(summary, self.sweep_dir)
+        if self.parent is None:
+            return
+        if status != "FINISHED":  # jobs of killed workers: their processes are gone
+            self._end_children(status)
+        end_the_unended()
+        files = [str(p) for p in [path, *pictures]]
+        self.parent.close(Ending(status, files=files, **_best(summary)))
 
-    def _end_parent(self, status: str, **summary: Any) -> None:
-        if self.parent is not None:
-            from runner.mlflow_sink import TrackingError, tracking_process
-
-            run_id, self.parent = self.parent, None
-            try:
-                tracking_process().call("end_run", run_id=run_id, status=status, **summary)
-            except TrackingError as err:  # also at exit: one line, not a traceback
-                print(f"runner: error: MLflow could not end the sweep's run {run_id}: {err}",
-                      file=sys.stderr)  # fmt: skip
-
-
-def summarize(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job of the sweep, best first: finished by final loss, then the rest."""
-    rows = []
-    for job_dir in sweep_dir.iterdir():
-        overrides_file = job_dir / ".hydra" / "overrides.yaml"
-        if not (job_dir.name.isdigit() and overrides_file.is_file()):
-            continue
-        row: dict[str, Any] = {
-            "job": int(job_dir.name),
-            "overrides": " ".join(OmegaConf.load(overrides_file)),
-        }
-        result_file = job_dir / "result.json"
-        if result_file.is_file():
-            result = json.loads(result_file.read_text())
-            row |= {k: v for k, v in result.items() if k != "final"} | result["final"]
-        else:  # the job died before it could say how it ended
-            row |= {"status": "FAILED", "final_loss": math.inf}
-        rows.append(row)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    summary = summary.astype(
-        {"epochs_run": "Int64", "diverged_at_epoch": "Int64", "converged_at_epoch": "Int64"}
-    )
-    summary["rank"] = summary["status"].map(STATUS_ORDER)
-    summary = summary.sort_values(["rank", "final_loss", "job"]).drop(columns="rank")
-    return summary.reset_index(drop=True)
+    def _end_children(self, status: str) -> None:
+        uri = self.parent.uri
+        try:
+            tracking.tracker().call(tracking.end_children, uri, self.parent.run_id, status,
+                                    timeout=timeout(uri))  # fmt: skip
+        except TrackingError as err:
+            log.error(f"runner: error: could not end the sweep's running jobs: {err}")
 
 
-def _sweep_plots(summary: pd.DataFrame, sweep_dir: Path) -> list[Path]:
-    from runner.plots import sweep_plots
+def _show(summary: pd.DataFrame, path: Path) -> None:
+    shown = summary[["overrides", "status", "final_loss", "final_a", "final_b"]]
+    log.info(f"runner: sweep of {len(summary)} jobs, best first ({path}):")
+    log.info(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
 
+
+def _pictures(summary: pd.DataFrame, sweep_dir: Path) -> list[Path]:
+    if summary.empty:
+        return []
     try:
         return sweep_plots(summary, sweep_dir)
     except Exception as err:  # a picture is not worth a failed sweep
-        print(f"runner: warning: sweep plots skipped ({type(err).__name__}: {err})")
+        log.warning(f"runner: warning: sweep plots skipped ({type(err).__name__}: {err})")
         return []
 
 
@@ -154,7 +103,3 @@ def _best(summary: pd.DataFrame) -> dict[str, Any]:
             if pd.notna(best[k])
         }
     return {"tags": tags, "metrics": metrics}
-
-
-def _sweep_dir(config: DictConfig) -> Path:
-    return Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)

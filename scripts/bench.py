@@ -119,13 +119,16 @@ print(time.perf_counter() - start)
 RUNNER_CUDA_LOOP = """
 import sys, time, warnings, torch
 from pathlib import Path
-from hydra import compose, initialize_config_dir
-from runner.app import build, epoch_loop
-from runner.config import CONF_DIR, load
+from runner import gate
+from runner.loop import train
+from runner.run import build
 n, epochs = int(sys.argv[1]), int(sys.argv[2])
 overrides = ["device=cuda", "data=synthetic", f"data.n={n}", f"epochs={epochs}", "optimizer=sgd"]
-with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-    conf = load(compose("config", overrides=overrides))
+conf = gate.typed(gate.compose_checked(overrides, {}))
+def epoch_loop(conf, s):
+    chunks = []
+    train(s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, chunks.append, chunk=conf.chunk)
+    return chunks
 # Pass 1, untimed: warms the kernels up and counts host syncs with torch's checker on.
 s = build(conf, Path.cwd())
 torch.cuda.set_sync_debug_mode("warn")

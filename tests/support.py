@@ -13,26 +13,39 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
 
-from runner.config import CONF_DIR, Config, load
+from runner import gate
+from runner.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def make_config(*overrides: str) -> Config:
-    """The Config that `python -m runner OVERRIDES...` would run."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return load(compose("config", overrides=list(overrides)))
+    """The checked Config that `python -m runner OVERRIDES...` would run."""
+    return gate.typed(gate.compose_checked(list(overrides), {}))
+
+
+def train_setup(s: object, conf: Config, **kwargs: object) -> tuple[pd.DataFrame, object]:
+    """Train a built Setup with the config's settings; the whole history and the Outcome."""
+    from runner.loop import train
+
+    chunks: list[pd.DataFrame] = []
+    check = conf.check_grad_tol if conf.check_grad else None
+    settings = dict(zero_grad=conf.zero_grad, chunk=conf.chunk, tol=conf.stop.tol,
+                    check_grad=check) | kwargs  # fmt: skip
+    outcome = train(s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, chunks.append,
+                    **settings)  # fmt: skip
+    history = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+    return history, outcome
 
 
 def train_history(*overrides: str) -> tuple[pd.DataFrame, object]:
     """The whole per-epoch history of a run (no sinks), and its Setup after training."""
-    from runner.app import build, epoch_loop
+    from runner.run import build
 
     conf = make_config(*overrides)
     s = build(conf, Path.cwd())
-    return pd.concat(list(epoch_loop(conf, s)), ignore_index=True), s
+    return train_setup(s, conf)[0], s
 
 
 def runner_env() -> dict[str, str]:

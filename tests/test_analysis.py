@@ -12,10 +12,9 @@ import torch
 from support import make_config, train_history
 
 from runner.analysis import add_distances, optimum
-from runner.app import build, run
-from runner.console_sink import ProgressSink
-from runner.loop import GradCheckFailed, train
-from runner.plots import run_plots, sweep_plots
+from runner.loop import How, train
+from runner.plots import run_plots
+from runner.run import RunContext, build, run
 
 X002, Y002 = np.float32([1, 2, 3]), np.float32([1.0, 1.5, 2.0])
 
@@ -64,22 +63,24 @@ def test_gradient_check_fails_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) 
     def doubled(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 2 * ((y_hat - y) ** 2).mean()  # its gradient is twice the analytic one
 
-    with pytest.raises(GradCheckFailed) as caught:
-        list(train(s.model, doubled, s.optimizer, s.x, s.y, 10, check_grad=1e-4))
+    rows: list[pd.DataFrame] = []
+    outcome = train(s.model, doubled, s.optimizer, s.x, s.y, 10, rows.append, check_grad=1e-4)
     # Epoch 0 of seed 002: analytic grad_a = 20/3, autograd twice that: |20/3| / (1 + 20/3).
-    assert caught.value.epoch == 0 and caught.value.error == pytest.approx(20 / 23, rel=1e-6)
+    assert outcome.how == How.grad_check_failed and outcome.at_epoch == 0
+    assert rows[0]["grad_check"].iloc[0] == pytest.approx(20 / 23, rel=1e-6)
 
 
 def test_unstable_lr_is_warned_before_training(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     conf = make_config("lr=0.2", "epochs=3", "mlflow.enabled=false", "plots=false")
-    run(conf, launch_dir=tmp_path, run_dir=tmp_path, overrides=[])
-    err = capsys.readouterr().err
-    assert "warning: lr=0.2 is at or above 0.1803, the largest stable step" in err
+    run(conf, RunContext(launch_dir=tmp_path, run_dir=tmp_path))
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "warning: lr=0.2 is at or above 0.1803, the largest stable step" in warning.message
+    caplog.clear()
     quiet = make_config("lr=0.1", "epochs=3", "mlflow.enabled=false", "plots=false")
-    run(quiet, launch_dir=tmp_path, run_dir=tmp_path, overrides=[])
-    assert "warning" not in capsys.readouterr().err
+    run(quiet, RunContext(launch_dir=tmp_path, run_dir=tmp_path))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_plots_are_written_and_not_empty(tmp_path: Path) -> None:
@@ -91,23 +92,7 @@ def test_plots_are_written_and_not_empty(tmp_path: Path) -> None:
         paths = run_plots(add_distances(hist, s.best), *s.points, s.best, final, out)
         assert [p.name for p in paths] == ["loss.png", "fit.png", "trajectory.png"]
         for path in paths:
-            assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 15_000
-
-
-def test_sweep_plots(tmp_path: Path) -> None:
-    summary = pd.DataFrame({
-        "job": [0, 1, 2], "overrides": ["lr=0.01", "lr=0.1", "lr=0.5"],
-        "status": ["FINISHED", "FINISHED", "DIVERGED"], "lr": [0.01, 0.1, 0.5],
-        "stable_lr_max": [0.18] * 3, "final_loss": [0.006, 0.0004, np.inf],
-    })  # fmt: skip
-    for job in range(3):
-        (tmp_path / str(job)).mkdir()
-        pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.0 / (job + 1)]}).to_csv(
-            tmp_path / str(job) / "metrics.csv", index=False
-        )
-    paths = sweep_plots(summary, tmp_path)
-    assert [p.name for p in paths] == ["final_loss_vs_lr.png", "losses.png"]
-    assert all(p.stat().st_size > 15_000 for p in paths)
+            assert path.read_bytes()[:4] == b"\x89PNG"  # what they show: tests/test_plots.py
 
 
 def test_same_config_and_seed_give_the_same_csv_bytes(tmp_path: Path) -> None:
@@ -117,18 +102,10 @@ def test_same_config_and_seed_give_the_same_csv_bytes(tmp_path: Path) -> None:
     outputs = []
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-        run(make_config(*overrides), tmp_path, tmp_path / name, overrides)
+        run(make_config(*overrides), RunContext(tmp_path, tmp_path / name, tuple(overrides)))
         outputs.append((tmp_path / name / "metrics.csv").read_bytes())
     assert outputs[0] == outputs[1] and len(outputs[0]) > 10_000
     (tmp_path / "other").mkdir()
     other = [o if o != "seed=11" else "seed=12" for o in overrides]
-    run(make_config(*other), tmp_path, tmp_path / "other", other)
+    run(make_config(*other), RunContext(tmp_path, tmp_path / "other", tuple(other)))
     assert (tmp_path / "other" / "metrics.csv").read_bytes() != outputs[0]
-
-
-def test_progress_bar_moves_by_chunks() -> None:
-    bar = ProgressSink(epochs=30)
-    bar.write(pd.DataFrame({"epoch": range(10), "loss": np.linspace(1, 0.5, 10)}))
-    bar.write(pd.DataFrame({"epoch": range(10, 30), "loss": np.linspace(0.5, 0.1, 20)}))
-    assert bar.bar.n == 30 and bar.bar.postfix == "loss=0.1"
-    bar.close()

@@ -31,7 +31,11 @@ def test_documented_command_end_to_end(tmp_path: Path) -> None:
     assert found.info.status == "FINISHED"
     assert found.info.run_name == "optimizer=sgd,lr=0.05"
     assert found.data.tags["hydra.output_dir"] == str(csv_path.parent)
-    assert len(found.data.tags.get("mlflow.source.git.commit", "0" * 40)) == 40
+    assert re.fullmatch(r"[0-9a-f]{40}", found.data.tags["mlflow.source.git.commit"])
+    assert found.data.tags["runner.command"] == "python -m runner optimizer=sgd lr=0.05"
+    # The job's log holds what the console showed (Hydra's runner.log).
+    log = (csv_path.parent / "runner.log").read_text()
+    assert "50 epochs, final loss" in log and f"mlflow run {run_id}" in log
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == pd.read_csv(csv_path)[
         "loss"
     ].tolist()
@@ -49,8 +53,8 @@ def test_seed_002_preset_prints_and_records_the_notebook(tmp_path: Path) -> None
 
 def test_checking_the_command_line_imports_neither_torch_nor_mlflow() -> None:
     code = (
-        "import sys; from runner.checks import check_command_line;"
-        "check_command_line(['optimizer=sgd', 'lr=0.05']);"
+        "import sys; from runner.gate import check;"
+        "check(['optimizer=sgd', 'lr=0.05'], reserve=False);"
         "print('torch' in sys.modules, 'mlflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

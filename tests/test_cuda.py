@@ -10,9 +10,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from support import REPO, make_config, train_history
+from support import REPO, make_config, train_history, train_setup
 
-from runner.app import build, epoch_loop
+from runner.run import build
 
 pytestmark = [
     pytest.mark.cuda,
@@ -42,12 +42,13 @@ def test_one_host_sync_per_chunk_at_most() -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            chunks = list(epoch_loop(conf, s))
+            history, _ = train_setup(s, conf)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(chunks) == 3
-    assert len(syncs) <= len(chunks), [str(w.message)[:120] for w in syncs]
+    chunks = len(history) // conf.chunk
+    assert chunks == 3 and len(history) == 3000
+    assert len(syncs) <= chunks, [str(w.message)[:120] for w in syncs]
 
 
 def test_the_command_runs_on_the_gpu(tmp_path) -> None:

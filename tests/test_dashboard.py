@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from support import REPO, run_cli, start_dashboard, stop_dashboard
+
+from runner import dashboard
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots, kept for a person to look at
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -147,3 +152,51 @@ def test_dashboard_shows_the_sweep_in_a_browser(server: str, sweep: dict) -> Non
     _chromium(compare_page, f"--screenshot={ARTIFACTS / 'dashboard-compare.png'}")
     for shot in ("dashboard-runs.png", "dashboard-compare.png"):
         assert (ARTIFACTS / shot).stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def _store(home: Path, *experiments: str) -> tuple[str, list[str]]:
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    return uri, [client.create_experiment(name) for name in experiments]
+
+
+def test_a_taken_port_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, _ = _store(tmp_path)
+    capsys.readouterr()  # MLflow's own lines on creating the store
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert dashboard.main(["--port", str(port), "--tracking-uri", uri]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no address of whatever else listens there
+    assert captured.err.startswith(f"runner.dashboard: error: port {port} on 127.0.0.1 is taken (")
+    assert captured.err.endswith("; pass --port\n") and captured.err.count("\n") == 1
+
+
+def test_the_printed_address_opens_the_experiments_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, (_, served) = _store(tmp_path, "other", "served")
+    capsys.readouterr()  # MLflow's own lines on creating the store
+    started: list[list[str]] = []
+    monkeypatch.setattr(dashboard.os, "execv", lambda path, argv: started.append(argv))
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["--port", str(port), "--tracking-uri", uri]
+    assert dashboard.main([*args, "--experiment", "served"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"MLflow dashboard: http://127.0.0.1:{port}/#/experiments/{served}/runs ")
+    assert started == [dashboard.server_command(uri, port)]
+
+    assert dashboard.main([*args, "--experiment", "not yet"]) == 0  # no such experiment
+    out = capsys.readouterr().out
+    assert out.startswith(f"MLflow dashboard: http://127.0.0.1:{port}  (no experiment 'not yet'")
+
+
+def test_dashboard_url() -> None:
+    assert dashboard.dashboard_url(5001, "7") == "http://127.0.0.1:5001/#/experiments/7/runs"
+    assert dashboard.dashboard_url(5001) == "http://127.0.0.1:5001"

@@ -24,9 +24,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
+from runner.checks import check_command_line
 from support import free_port, run_cli, runner_env, start_dashboard, stop_dashboard
 
-from runner.checks import check_command_line
 from runner.config import CONF_DIR, ConfigError
 
 

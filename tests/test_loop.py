@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support import make_config, train_history
+from support import make_config, train_history, train_setup
 
-from runner.app import build
-from runner.loop import Converged, Diverged, train
+from runner.loop import How, train
 from runner.model import Linear
+from runner.run import build
 
 COMBOS = list(itertools.product(["manual", "mse"], ["manual", "sgd"]))
 
@@ -106,7 +107,9 @@ def test_chunks_cover_every_epoch_once(epochs: int, chunk: int) -> None:
     model = Linear(torch.tensor(1.0), torch.tensor(1.0))
     x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.5, 2.0])
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    chunks = list(train(model, torch.nn.MSELoss(), opt, x, y, epochs, chunk=chunk))
+    chunks: list[pd.DataFrame] = []
+    outcome = train(model, torch.nn.MSELoss(), opt, x, y, epochs, chunks.append, chunk=chunk)
+    assert outcome.how == How.finished and outcome.epochs == epochs
     assert [len(c) for c in chunks] == [min(chunk, epochs - i) for i in range(0, epochs, chunk)]
     assert pd.concat(chunks)["epoch"].tolist() == list(range(epochs))
 
@@ -121,18 +124,19 @@ def test_final_parameters_are_after_the_last_step() -> None:
 
 @pytest.mark.parametrize("chunk", [5, 1000])
 def test_divergence_keeps_the_finite_rows_and_stops(chunk: int) -> None:
-    with pytest.raises(Diverged) as caught:
-        train_history("experiment=seed_002", "lr=1.5", f"chunk={chunk}")
-    assert caught.value.epoch == 16
     conf = make_config("experiment=seed_002", "lr=1.5", f"chunk={chunk}")
-    s = build(conf, None)
-    kept = []
-    with pytest.raises(Diverged):
-        for frame in train(s.model, s.loss_fn, s.optimizer, s.x, s.y, 50, chunk=chunk):
-            kept.append(frame)
-    history = pd.concat(kept)
+    history, outcome = train_setup(build(conf, None), conf)
+    assert outcome.how == How.diverged and outcome.at_epoch == 16 and outcome.epochs == 16
     assert history["epoch"].tolist() == list(range(16))
     assert np.isfinite(history.to_numpy()).all()
+
+
+def test_a_loss_that_is_not_finite_at_epoch_0_diverges_at_0() -> None:
+    conf = make_config("data.x=[1e20,2e20]", "data.y=[0,0]", "data.true_a=null",
+                       "data.true_b=null")  # fmt: skip
+    history, outcome = train_setup(build(conf, None), conf)
+    assert outcome.how == How.diverged and outcome.at_epoch == 0 and outcome.epochs == 0
+    assert history.empty
 
 
 @pytest.mark.parametrize("chunk", [7, 1000])
@@ -142,14 +146,30 @@ def test_tolerance_stops_at_the_first_small_change_with_exact_parameters(chunk: 
     k = int(np.flatnonzero(change < 1e-4)[0])
     conf = make_config("experiment=seed_002", "stop.tol=1e-4", f"chunk={chunk}")
     s = build(conf, None)
-    kept = []
-    with pytest.raises(Converged) as caught:
-        for frame in train(s.model, s.loss_fn, s.optimizer, s.x, s.y, 50, chunk=chunk, tol=1e-4):
-            kept.append(frame)
-    assert caught.value.epoch == k
-    pd.testing.assert_frame_equal(pd.concat(kept, ignore_index=True), full.iloc[: k + 1])
+    kept, outcome = train_setup(s, conf)
+    assert outcome.how == How.converged and outcome.at_epoch == k
+    pd.testing.assert_frame_equal(kept, full.iloc[: k + 1])
     # The model holds the parameters after step k, as if it had stopped right there.
     assert (s.model.a.item(), s.model.b.item()) == tuple(full.loc[k + 1, ["a", "b"]])
+
+
+def test_a_stop_request_ends_at_an_epoch_boundary_with_every_row() -> None:
+    conf = make_config("experiment=seed_002", "chunk=5", "epochs=50")
+    s = build(conf, None)
+    stop = threading.Event()
+    calls = 0
+
+    def loss_then_stop(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 13:  # during epoch 12: the loop stops before epoch 13
+            stop.set()
+        return ((y_hat - y) ** 2).mean()
+
+    s.loss_fn = loss_then_stop
+    kept, outcome = train_setup(s, conf, stop=stop)
+    assert outcome.how == How.interrupted and outcome.epochs == 13
+    assert kept["epoch"].tolist() == list(range(13))
 
 
 def test_interrupt_hands_out_the_completed_epochs_first() -> None:
@@ -163,10 +183,9 @@ def test_interrupt_hands_out_the_completed_epochs_first() -> None:
             raise KeyboardInterrupt
         return ((y_hat - y) ** 2).mean()
 
-    kept = []
+    kept: list[pd.DataFrame] = []
     with pytest.raises(KeyboardInterrupt):
-        for frame in train(s.model, loss_then_ctrl_c, s.optimizer, s.x, s.y, 50, chunk=5):
-            kept.append(frame)
+        train(s.model, loss_then_ctrl_c, s.optimizer, s.x, s.y, 50, kept.append, chunk=5)
     assert [len(f) for f in kept] == [5, 5, 3]
     assert pd.concat(kept)["epoch"].tolist() == list(range(13))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from support import make_config
 
-from runner.app import build
+from runner.run import build
 
 
 def test_random_init_follows_the_seed() -> None:

@@ -3,7 +3,6 @@ numbers, and a failing or interrupted run is never left RUNNING."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +11,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from support import make_config
 
-import runner.app
-from runner.app import run
+import runner.run
+from runner.run import RunContext, run
 
 
 def _store(launch_dir: Path) -> MlflowClient:
@@ -30,7 +29,7 @@ def _only_run(launch_dir: Path) -> Run:
 def _run(launch_dir: Path, *overrides: str) -> Path:
     run_dir = launch_dir / "out"
     run_dir.mkdir(exist_ok=True)
-    run(make_config(*overrides), launch_dir=launch_dir, run_dir=run_dir, overrides=list(overrides))
+    run(make_config(*overrides), RunContext(launch_dir, run_dir, tuple(overrides)))
     return run_dir / "metrics.csv"
 
 
@@ -86,14 +85,18 @@ def test_mlflow_disabled_writes_only_the_csv(tmp_path: Path) -> None:
 def test_a_run_that_breaks_is_ended_and_keeps_its_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, status: str
 ) -> None:
-    real_train = runner.app.train
+    real_train = runner.run.train
 
-    def train_then_break(*args: object, **kwargs: object) -> Iterator[pd.DataFrame]:
-        chunks = real_train(*args, **kwargs)
-        yield next(chunks)
-        raise error
+    def train_then_break(*args: object, **kwargs: object) -> object:
+        write = args[6]
 
-    monkeypatch.setattr(runner.app, "train", train_then_break)
+        def write_then_break(chunk: pd.DataFrame) -> None:
+            write(chunk)
+            raise error
+
+        return real_train(*args[:6], write_then_break, *args[7:], **kwargs)
+
+    monkeypatch.setattr(runner.run, "train", train_then_break)
     with pytest.raises(type(error)):
         _run(tmp_path, "epochs=30", "chunk=10")
     assert _only_run(tmp_path).info.status == status

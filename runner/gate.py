@@ -1,0 +1,504 @@
+"""The one gate: a command line is checked whole before Hydra sees it.
+
+`check(argv)` reads the flags, composes the config once (the `hydra` node included),
+refuses anything that would make Hydra import or call code that the project's conf/ and
+the installed Hydra plugins do not name, checks every job setting against the schema
+(runner/config.py) - for a sweep, every swept value - and reserves the run's or sweep's
+own directory. Nothing before the reservation writes anything, and nothing here imports
+torch or MLflow: a bad command line is one line and exit code 2 in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import os
+import shutil
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from datetime import datetime
+from enum import Enum
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+
+from runner.config import CONF_DIR, Config, ConfigError, validate
+
+MAX_ARGUMENT = 10_000  # Hydra's override parser takes minutes on a 100 KB value
+
+# Keys under which a config names code to call: never from a command line.
+CODE_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+# Where `_target_` may point in the composed config: Hydra's own plugins, the installed
+# plugins (the hydra_plugins namespace) and what the Optuna sweeper instantiates.
+TRUSTED_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.samplers.",
+                   "optuna.pruners.")  # fmt: skip
+# The handler and formatter classes of Hydra's own logging presets and ours.
+TRUSTED_LOGGING = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler",
+                   "logging.Formatter", "runner.logs.BelowWarning"}  # fmt: skip
+TRUSTED_STREAMS = {"ext://sys.stdout", "ext://sys.stderr"}
+# Launcher settings that run commands or set up environments on the workers.
+LAUNCHER_CODE_KEYS = {"setup", "srun_args", "additional_parameters", "runtime_env",
+                      "env_vars", "py_modules", "working_dir", "pip", "conda"}  # fmt: skip
+
+# The hydra.* settings a command line may change, by prefix; the rest stay as configured.
+HYDRA_SETTABLE = (
+    "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.chdir",
+    "hydra.output_subdir", "hydra.verbose", "hydra.searchpath",
+    "hydra.launcher.n_jobs", "hydra.launcher.prefer", "hydra.launcher.timeout",
+    "hydra.launcher.verbose", "hydra.launcher.pre_dispatch", "hydra.launcher.batch_size",
+    "hydra.launcher.partition", "hydra.launcher.timeout_min", "hydra.launcher.cpus_per_task",
+    "hydra.launcher.gpus_per_node", "hydra.launcher.tasks_per_node", "hydra.launcher.mem_gb",
+    "hydra.launcher.nodes", "hydra.launcher.name", "hydra.launcher.array_parallelism",
+    "hydra.launcher.ray.init.address", "hydra.launcher.ray.remote.num_cpus",
+    "hydra.launcher.ray.remote.num_gpus",
+    "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction",
+    "hydra.sweeper.study_name", "hydra.sweeper.params", "hydra.sweeper.sampler.seed",
+    "hydra.sweeper.max_batch_size",
+)  # fmt: skip
+HYDRA_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra/sweeper/sampler",
+                "hydra/job_logging", "hydra/hydra_logging"}  # fmt: skip
+# Launchers that come with an extra of this project.
+EXTRAS = {"ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submitit"}
+
+
+class _Flags(argparse.ArgumentParser):
+    """Hydra's flags that are safe to pass on; an unknown flag is a one-line error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError("arguments", " ".join(self.argv), message)
+
+
+def _flag_parser(argv: list[str]) -> _Flags:
+    parser = _Flags(prog="python -m runner", add_help=False, allow_abbrev=False)
+    parser.argv = argv  # type: ignore[attr-defined]
+    add = parser.add_argument
+    add("overrides", nargs="*")
+    add("-m", "--multirun", action="store_true")
+    add("-r", "--run", action="store_true")
+    add("-c", "--cfg", choices=["job", "hydra", "all"])
+    add("--resolve", action="store_true")
+    add("-p", "--package")
+    infos = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
+    add("-i", "--info", nargs="?", const="all", choices=infos)
+    add("-sc", "--shell-completion", action="store_true")
+    add("--hydra-help", action="store_true")
+    add("--version", action="store_true")
+    add("-cd", "--config-dir")
+    # Refused below with a reason: they swap the project's own config for another, or load
+    # a pickle (--experimental-rerun).
+    add("-cp", "--config-path")
+    add("-cn", "--config-name")
+    add("--experimental-rerun")
+    return parser
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the gate found: what to hand Hydra, and what the run will do."""
+
+    hydra_argv: list[str]  # flags and overrides for Hydra's main, the directory pinned
+    overrides: list[str]  # the user's overrides, as typed
+    conf: Config | None  # the checked settings (of the base config, for a sweep)
+    multirun: bool
+    runs_jobs: bool  # False for --cfg, --info, --hydra-help ...: Hydra prints, nothing runs
+    out_dir: Path | None  # the run's or the sweep's directory, reserved for it
+
+
+def check(argv: list[str], reserve: bool = True) -> Plan:
+    """Check `python -m runner ARGV` whole; raise ConfigError for the first problem.
+    With `reserve`, the run's or sweep's directory is then created (tests check without)."""
+    for arg in argv:
+        if len(arg) > MAX_ARGUMENT:
+            raise ConfigError("argument", arg, f"at most {MAX_ARGUMENT} characters")
+    args = _flag_parser(argv).parse_intermixed_args(argv)
+    for flag, value in (("--config-path", args.config_path), ("--config-name", args.config_name),
+                        ("--experimental-rerun", args.experimental_rerun)):  # fmt: skip
+        if value is not None:
+            allowed = "the runner's config is its own conf/ (presets: experiment=NAME; yours: "
+            raise ConfigError(flag, value, allowed + "--config-dir DIR)")
+    parsed = [parse(a) for a in args.overrides]
+    search = _search_path(args.config_dir, parsed)
+    for o in parsed:
+        _check_override(o, args.multirun, search)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + search
+    cfg = compose_checked(fixed, _given(parsed))
+    check_code_paths(cfg)
+    runs_jobs = not (args.cfg or args.info or args.shell_completion or args.hydra_help
+                     or args.version)  # fmt: skip
+    conf = typed(cfg, _given(parsed))
+    _check_hydra_settings(cfg, args.multirun)
+    if args.multirun:
+        check_sweep_values(cfg, parsed, search)
+    out_dir = _reserve(cfg, parsed, args.multirun) if runs_jobs and reserve else None
+    hydra_argv = _flags_for_hydra(args) + [
+        o.input_line for o in parsed if not o.input_line.startswith("hydra.searchpath=")
+    ]
+    hydra_argv += search
+    if out_dir is not None:
+        key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+        hydra_argv.append(f"{key}={quoted(str(out_dir))}")
+    return Plan(hydra_argv, list(args.overrides), conf, args.multirun, runs_jobs, out_dir)
+
+
+def _flags_for_hydra(args: argparse.Namespace) -> list[str]:
+    flags = ["--multirun"] if args.multirun else []
+    flags += ["--cfg", args.cfg] if args.cfg else []
+    flags += ["--resolve"] if args.resolve else []
+    flags += ["--package", args.package] if args.package else []
+    flags += ["--info", args.info] if args.info else []
+    flags += ["--shell-completion"] if args.shell_completion else []
+    flags += ["--hydra-help"] if args.hydra_help else []
+    flags += ["--version"] if args.version else []
+    return flags
+
+
+def parse(arg: str) -> Override:
+    try:
+        return OverridesParser.create().parse_override(arg)
+    except Exception as err:  # OverrideParseException, or the grammar's own errors
+        allowed = f"key=value in Hydra's override grammar ({first_line(err)})"
+        raise ConfigError("override", arg, allowed) from None
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def quoted(text: str) -> str:
+    """A string as one quoted value of Hydra's override grammar."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_override(o: Override, multirun: bool, search: list[str]) -> None:
+    """What one override may do, from the override alone."""
+    key = o.key_or_group
+    words = set(key.replace("/", ".").split("."))
+    if words & CODE_KEYS or key.startswith(("hydra.callbacks", "hydra/callbacks")):
+        allowed = "not settable from the command line (code paths are fixed)"
+        raise ConfigError(key, _value_text(o), allowed)
+    if o.is_hydra_override():
+        _check_hydra_override(o)
+    elif "/" not in key and key.split(".")[0] not in _groups() | set(_schema_keys()):
+        raise ConfigError(key, _value_text(o), _known_keys_hint(key))
+    elif key in _groups() and not o.is_sweep_override() and not o.is_delete():
+        _check_option(key, str(o.value()), search)
+    if o.is_sweep_override() and not multirun:
+        raise ConfigError(o.get_key_element(), _value_text(o), "a single value (add -m to sweep)")
+
+
+def _check_hydra_override(o: Override) -> None:
+    key = o.key_or_group
+    if "/" in key:  # a group choice, e.g. hydra/launcher=joblib
+        if key not in HYDRA_GROUPS:
+            raise ConfigError(key, _value_text(o), f"one of {', '.join(sorted(HYDRA_GROUPS))}")
+        option = str(o.value())
+        if key == "hydra/launcher" and option in EXTRAS and not _launcher_installed(option):
+            extra = EXTRAS[option]
+            allowed = f"installed first: pip install 'runner[{extra}]' (or -e '.[{extra}]')"
+            raise ConfigError(key, option, allowed)
+        return
+    if not any(key == k or key.startswith(k + ".") for k in HYDRA_SETTABLE):
+        raise ConfigError(key, _value_text(o), "not settable from the command line")
+    if key == "hydra.searchpath":
+        for entry in o.value() or []:
+            if not str(entry).startswith("file://"):
+                allowed = "a list of file:// directories (pkg:// would import a package)"
+                raise ConfigError(key, entry, allowed)
+
+
+def _launcher_installed(option: str) -> bool:
+    module = {"ray": "hydra_plugins.hydra_ray_launcher"}.get(
+        option, "hydra_plugins.hydra_submitit_launcher"
+    )
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _value_text(o: Override) -> str:
+    return o.input_line.split("=", 1)[1] if "=" in o.input_line else ""
+
+
+def _given(parsed: list[Override]) -> dict[str, str]:
+    """key -> the value as typed, for messages."""
+    return {o.key_or_group.lstrip("+~"): _value_text(o) for o in parsed}
+
+
+def _search_path(config_dir: str | None, parsed: list[Override]) -> list[str]:
+    """--config-dir DIR and hydra.searchpath as one override, so the gate and Hydra compose
+    from the very same directories."""
+    entries: list[str] = []
+    for o in parsed:
+        if o.key_or_group == "hydra.searchpath":
+            entries += [str(e) for e in o.value() or []]
+    if config_dir is not None:
+        path = Path(config_dir).absolute()
+        if not path.is_dir():
+            raise ConfigError("--config-dir", config_dir, "an existing directory")
+        entries.append(f"file://{path}")
+    return [f"hydra.searchpath=[{','.join(quoted(e) for e in entries)}]"] if entries else []
+
+
+@functools.cache
+def _groups() -> frozenset[str]:
+    return frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def _check_option(group: str, option: str, search: list[str]) -> None:
+    """A group's options are the YAML files of conf/<group>/ and of the user's own dirs."""
+    dirs = [CONF_DIR, *(Path(e.removeprefix("file://")) for e in _search_entries(search))]
+    options = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+    if option not in options and option != "null":
+        raise ConfigError(group, option, "one of " + ", ".join(options))
+
+
+def _search_entries(search: list[str]) -> list[str]:
+    if not search:
+        return []
+    return [str(e) for e in parse(search[0]).value()]
+
+
+def compose_checked(overrides: list[str], given: dict[str, str]) -> DictConfig:
+    """The config Hydra will compose from these overrides, `hydra` node included."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as err:
+        group, _, option = str(err.missing_cfg_file or "config/?").rpartition("/")
+        raise ConfigError(group, option, "one of " + ", ".join(err.options or [])) from None
+    except Exception as err:
+        raise _explain(err, given) from None
+
+
+def _explain(err: BaseException, given: dict[str, str]) -> ConfigError:
+    """An OmegaConf error as one ConfigError, from the schema's knowledge of the key."""
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__ or err
+    key = str(getattr(cause, "full_key", "") or "")
+    base = key.split("[")[0]
+    value = given.get(base, getattr(cause, "value", None))
+    if isinstance(cause, InterpolationResolutionError):
+        return ConfigError(key or "config", value, f"a value that resolves ({first_line(cause)})")
+    if base in _schema_keys():
+        return ConfigError(base, value, expected(base))
+    if key and isinstance(cause, OmegaConfBaseException):
+        return ConfigError(key, value, first_line(cause))
+    return ConfigError("config", " ".join(f"{k}={v}" for k, v in given.items()), first_line(err))
+
+
+def typed(cfg: DictConfig, given: dict[str, str] | None = None) -> Config:
+    """The job's settings as a checked Config (the `hydra` node left out)."""
+    job = cfg.copy()
+    with open_dict(job):
+        job.pop("hydra", None)
+    try:
+        _refuse_unknown_keys(job)
+        conf = OmegaConf.to_object(job)
+    except OmegaConfBaseException as err:  # e.g. lr=${lr}: a value that does not resolve
+        raise _explain(err, given or {}) from None
+    assert isinstance(conf, Config)
+    validate(conf)
+    return conf
+
+
+def check_code_paths(cfg: DictConfig) -> None:
+    """Whatever the YAML files reached, nothing but trusted code is named."""
+    hydra = cfg.hydra
+    if hydra.callbacks:
+        raise ConfigError("hydra.callbacks", list(hydra.callbacks), "none (code paths are fixed)")
+    for key, value in _walk(cfg):
+        last = key.rsplit(".", 1)[-1]
+        if last in CODE_KEYS - {"_target_"} or (
+            last == "_target_" and not str(value).startswith(TRUSTED_TARGETS)
+        ):
+            raise ConfigError(key, value, "code the runner's configs and plugins name")
+    for section in ("job_logging", "hydra_logging"):
+        for key, value in _walk(hydra[section], f"hydra.{section}"):
+            last = key.rsplit(".", 1)[-1]
+            if last in ("class", "()") and value not in TRUSTED_LOGGING:
+                raise ConfigError(key, value, "one of " + ", ".join(sorted(TRUSTED_LOGGING)))
+            if str(value).startswith("ext://") and value not in TRUSTED_STREAMS:
+                raise ConfigError(key, value, "ext://sys.stdout or ext://sys.stderr")
+    if hydra.job.env_set or hydra.job.env_copy:
+        raise ConfigError("hydra.job.env_set", dict(hydra.job.env_set), "empty")
+    for key, value in _walk(hydra.launcher, "hydra.launcher"):
+        if set(key.split(".")) & LAUNCHER_CODE_KEYS and value not in (None, "", "null"):
+            raise ConfigError(key, value, "unset (commands on the workers are not configurable)")
+
+
+def _walk(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) of a config, interpolations left as written."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        for key, child in node.items():
+            yield from _walk(child, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _walk(item, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
+
+
+def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
+    """What Hydra will do with its own settings: where it writes, how it launches."""
+    subdir = cfg.hydra.output_subdir
+    if subdir is not None and (Path(subdir).is_absolute() or ".." in Path(subdir).parts):
+        raise ConfigError("hydra.output_subdir", subdir, "null or a path inside the run directory")
+    if not multirun:
+        return
+    launcher = cfg.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher") and launcher.n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs", 0, "-1 (one per core) or an integer >= 1")
+    if target.endswith("RayLauncher") and not Path(str(cfg.hydra.sweep.dir)).is_absolute():
+        # Ray runs every job in the directory `ray start` ran in: a relative sweep dir puts
+        # the jobs' outputs there, where summary.csv never looks.
+        allowed = "an absolute path with hydra/launcher=ray, on storage every Ray node shares"
+        raise ConfigError("hydra.sweep.dir", str(cfg.hydra.sweep.dir), allowed)
+    if target.endswith("SlurmLauncher") and shutil.which("srun") is None:
+        allowed = "submitit_local, joblib or basic here (srun is not on PATH: no Slurm login node)"
+        raise ConfigError("hydra/launcher", "submitit_slurm", allowed)
+
+
+def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str]) -> None:
+    """Every value the sweep will use, one key at a time, on top of the base config."""
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + search
+    for o in parsed:
+        if not o.is_sweep_override() or o.is_hydra_override() or o.is_interval_sweep():
+            continue  # hydra.*: a sweeper's own search space; intervals: no list to check
+        for value in o.sweep_iterator():
+            line = f"{o.get_key_element()}={value}"
+            given = {o.key_or_group.lstrip("+~"): str(value)}
+            if o.key_or_group in _groups():  # a group option: compose it
+                _check_option(o.key_or_group, str(value), search)
+                typed(compose_checked([*fixed, line], given), given)
+                continue
+            variant = cfg.copy()  # a plain key: set it, no composition needed
+            try:
+                OmegaConf.update(variant, o.key_or_group.lstrip("+"), value, merge=True)
+            except OmegaConfBaseException as err:
+                raise _explain(err, given) from None
+            typed(variant, given)
+
+
+def _reserve(cfg: DictConfig, parsed: list[Override], multirun: bool) -> Path:
+    """A directory of the run's (or the sweep's) own, created now: two runs started in the
+    same second never share one. An explicit directory that holds a run is refused."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    explicit = any(o.key_or_group == key for o in parsed)
+    path = Path(str(OmegaConf.select(cfg, key))).absolute()
+    _check_writable(key, path)
+    if explicit:
+        if _holds_a_run(path, multirun):
+            raise ConfigError(key, str(path), "a directory that holds no earlier run or sweep")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            candidate.mkdir()  # atomic: exactly one process creates it
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(key, str(path), "a pattern that leads to fewer than 10,000 runs a second")
+
+
+def _holds_a_run(path: Path, multirun: bool) -> bool:
+    if not path.is_dir():
+        return False
+    if multirun:
+        return any(p.name.isdigit() or p.name in ("summary.csv", "multirun.yaml")
+                   for p in path.iterdir())  # fmt: skip
+    return any((path / name).exists() for name in (".hydra", "metrics.csv", "result.json"))
+
+
+def _check_writable(key: str, path: Path) -> None:
+    """The directory can be created and written; the probe leaves nothing behind."""
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    reason = None
+    if not existing.is_dir():
+        reason = f"{existing} is a file"
+    else:
+        try:
+            probe = existing / f".runner-probe-{os.getpid()}-{datetime.now().timestamp()}"
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as err:
+            reason = err.strerror or str(err)
+    if reason:
+        raise ConfigError(key, str(path), f"a directory that can be written ({reason})")
+
+
+# --- what the schema knows about its keys --------------------------------------------
+
+
+@functools.cache
+def _schema_types() -> dict[str, Any]:
+    """Every key of the schema (sections too) -> its type hint."""
+
+    def walk(schema: type, prefix: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        hints = typing.get_type_hints(schema)
+        for f in fields(schema):
+            hint = hints[f.name]
+            found[prefix + f.name] = hint
+            if is_dataclass(hint):
+                found |= walk(hint, f"{prefix}{f.name}.")
+        return found
+
+    return walk(Config, "")
+
+
+def _schema_keys() -> list[str]:
+    return list(_schema_types())
+
+
+def expected(key: str) -> str:
+    """What a key takes, in words, from its type in the schema."""
+    hint = _schema_types()[key]
+    optional = typing.get_origin(hint) is typing.Union
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        words = "one of " + ", ".join(m.value for m in hint)
+    elif typing.get_origin(hint) in (list, typing.List):  # noqa: UP006
+        words = "a list of numbers, e.g. [1.0, 2.0]"
+    else:
+        words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            hint, "a value of the schema's type"
+        )
+    return f"{words} or null" if optional else words
+
+
+def _refuse_unknown_keys(job: DictConfig) -> None:
+    """`+newkey=1` slips past the schema's struct flag; name it here."""
+    known = set(_schema_keys())
+    for key, value in _walk(job):
+        base = key.split("[")[0]
+        if base not in known:
+            raise ConfigError(base, value, _known_keys_hint(base))
+
+
+def _known_keys_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, _schema_keys(), n=1)
+    return f"an existing key (did you mean {close[0]}?)" if close else "an existing key"
+
+
+def compose_defaults() -> dict[str, Any]:
+    """Every setting of the default config: {"lr": 0.05, "model.bias": True, ...}."""
+    cfg = compose_checked([], {})
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return {key: value for key, value in _walk(cfg)}

@@ -1,0 +1,334 @@
+"""MLflow in a process of its own, so that the training process never imports it.
+
+Why a process: importing MLflow and opening its store takes about 2.4 s, and an SQLite
+store takes about 11,000 metric points a second; both are Python work that would hold the
+training process's interpreter. Started as soon as the command line has passed the gate,
+the tracking process imports MLflow on the second core while the runner imports torch,
+and it stores each chunk of metrics while the loop trains on.
+
+The two sides share one pipe. The runner sends (function, arguments) and gets a Future;
+the tracking process calls the functions below in order and answers each call, in order,
+with its value or its error. It ignores Ctrl-C, SIGTERM and SIGHUP (the runner decides
+how its runs end), and when the pipe closes - the runner ended, even by SIGKILL - it
+ends every run it opened and the runner did not end as KILLED.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import multiprocessing.util
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class TrackingError(RuntimeError):
+    """The store could not do what was asked; the message is one line."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What an MLflow run is opened with."""
+
+    tracking_uri: str
+    experiment: str
+    name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an MLflow run is ended: its status and what it gets last."""
+
+    status: str  # FINISHED, FAILED or KILLED
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # artifacts, logged at the run's root
+    texts: dict[str, str] = field(default_factory=dict)  # artifact name -> content
+
+
+# --- the tracking process's side: called in order, one at a time ------------------------
+
+_clients: dict[str, Any] = {}  # tracking URI -> MlflowClient
+_experiments: dict[tuple[str, str], str] = {}  # (URI, name) -> experiment id
+_open_runs: dict[str, str] = {}  # run id -> URI: the runs to end KILLED if the runner dies
+
+
+def _client(uri: str) -> Any:
+    if uri not in _clients:
+        from mlflow import MlflowClient
+
+        path = _sqlite_file(uri)
+        if path is None:
+            _clients[uri] = MlflowClient(uri)
+        else:
+            from filelock import FileLock
+
+            # Two runs started at once on a new store would both create its tables.
+            with FileLock(f"{path}.lock", timeout=60):
+                client = MlflowClient(uri)
+                client.search_experiments(max_results=1)  # creates or migrates the store
+            _clients[uri] = client
+    return _clients[uri]
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _experiment_id(uri: str, name: str) -> str:
+    if (uri, name) not in _experiments:
+        client = _client(uri)
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            db = _sqlite_file(uri)
+            # Artifacts of a local store go beside its database file, wherever the run started.
+            location = None if db is None else (db.parent / "mlartifacts").as_uri()
+            try:
+                _experiments[uri, name] = client.create_experiment(name, location)
+            except Exception:  # a parallel job created it between our lookup and our create
+                _experiments[uri, name] = client.get_experiment_by_name(name).experiment_id
+        else:
+            _experiments[uri, name] = found.experiment_id
+    return _experiments[uri, name]
+
+
+def open_run(spec: RunSpec) -> str:
+    """Create the run with its tags and params; return its id."""
+    from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from runner.processes import process_tags
+
+    client = _client(spec.tracking_uri)
+    experiment = _experiment_id(spec.tracking_uri, spec.experiment)
+    # This process writes the run and ends it: `runner.cleanup` checks that it lives.
+    run = client.create_run(experiment, run_name=spec.name, tags=spec.tags | process_tags())
+    run_id = run.info.run_id
+    _open_runs[run_id] = spec.tracking_uri
+    params = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in spec.params.items()]
+    if params:
+        client.log_batch(run_id, params=params)
+    return run_id
+
+
+def log_metrics(uri: str, run_id: str, epochs: np.ndarray, columns: dict[str, np.ndarray]) -> int:
+    """One chunk of per-epoch metrics, step = epoch; returns how many points it stored."""
+    from mlflow.entities import Metric
+
+    now, steps = int(time.time() * 1000), epochs.tolist()
+    points = [
+        Metric(name, value, now, step)
+        for name, values in columns.items()
+        for step, value in zip(steps, values.tolist(), strict=True)
+    ]
+    _client(uri).log_batch(run_id, metrics=points)  # the client splits it into batches
+    return len(points)
+
+
+def end_run(uri: str, run_id: str, ending: Ending) -> None:
+    """Final metrics, tags and artifacts, then the status."""
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in ending.metrics.items()]
+    tags = [RunTag(k, v) for k, v in ending.tags.items()]
+    if metrics or tags:
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = list(ending.files)
+        for name, text in ending.texts.items():
+            (Path(tmp) / name).write_text(text)
+            paths.insert(0, str(Path(tmp) / name))
+        if paths:
+            # The run's artifact store, resolved once (log_artifact per file would look the
+            # run up in the database again each time).
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, uri)
+            for path in paths:
+                repo.log_artifact(path)
+    client.set_terminated(run_id, ending.status)
+    _open_runs.pop(run_id, None)
+
+
+def end_children(uri: str, parent_id: str, status: str) -> int:
+    """End the sweep's child runs that are still RUNNING (their process was killed)."""
+    client = _client(uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    stuck = client.search_runs([experiment], query, max_results=50_000)
+    for run in stuck:
+        client.set_terminated(run.info.run_id, status)
+    return len(stuck)
+
+
+def _ready() -> None:
+    """Import what every run needs, while the runner imports torch."""
+    from mlflow import MlflowClient  # noqa: F401
+    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401 - the SQLite store's code
+
+
+def _serve(calls: Connection, answers: Connection) -> None:
+    """The tracking process: answer each call, in order, until the runner is gone."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)  # the runner decides how its runs end
+    while True:
+        try:
+            function, args = calls.recv()
+        except (EOFError, OSError):
+            break  # the runner ended, maybe by SIGKILL
+        try:
+            answer = (True, function(*args))
+        except Exception as err:
+            text = str(err).strip().splitlines()
+            answer = (False, f"{type(err).__name__}: {text[0] if text else ''}"[:500])
+        try:
+            answers.send(answer)
+        except OSError:
+            break
+    for run_id, uri in list(_open_runs.items()):  # no run stays RUNNING
+        try:
+            _client(uri).set_terminated(run_id, "KILLED")
+        except Exception as err:
+            print(f"runner: error: could not end MLflow run {run_id}: {err}", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(0)  # every write is committed; skip tearing MLflow's modules down (about 1 s)
+
+
+# --- the runner's side ---------------------------------------------------------------------
+
+# A deep backlog of metric chunks only lengthens a stop (the store sets a long run's wall
+# time anyway): at most about a second of the store's work waits, 11,000 points here.
+BACKLOG_POINTS = 11_000
+WAIT_STEP = 0.2  # seconds between looks at Ctrl-C while waiting for the store
+
+
+class Tracker:
+    """The runner's end of the pipe: calls become Futures, answered in the order sent."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+        # One pipe each way: closing ours of the first is the tracking process's EOF, while
+        # a thread of ours still waits on the second.
+        calls_out, self.conn = context.Pipe(duplex=False)
+        self.answers, answers_in = context.Pipe(duplex=False)
+        self.process = context.Process(target=_serve, args=(calls_out, answers_in),
+                                       name="runner-tracking", daemon=True)  # fmt: skip
+        self.process.start()
+        calls_out.close()  # only the tracking process holds these ends: EOF there when we go
+        answers_in.close()
+        # Closed before multiprocessing joins its children at exit, so the tracking process
+        # stores what it was sent, ends, and the join returns.
+        multiprocessing.util.Finalize(self, self.conn.close, exitpriority=10)
+        self.pending: collections.deque[tuple[Future[Any], int]] = collections.deque()
+        self.backlog = 0  # metric points sent and not yet stored
+        self.lock = threading.Lock()
+        self.dead: str | None = None
+        threading.Thread(target=self._read_answers, name="tracking-answers", daemon=True).start()
+        self.call_async(_ready)
+
+    def call_async(self, function: Callable[..., Any], *args: Any, points: int = 0) -> Future:
+        """Send a call; its Future holds the answer, or a TrackingError."""
+        future: Future[Any] = Future()
+        with self.lock:
+            if self.dead:
+                future.set_exception(TrackingError(self.dead))
+                return future
+            self.pending.append((future, points))
+            self.backlog += points
+            try:
+                self.conn.send((function, args))
+            except OSError:
+                self._die("the tracking process is gone")
+        return future
+
+    def call(self, function: Callable[..., Any], *args: Any, timeout: float) -> Any:
+        """Send a call and wait for its answer."""
+        return self.wait(self.call_async(function, *args), timeout)
+
+    def wait(self, future: Future, timeout: float) -> Any:
+        """The answer of a call sent earlier, waiting at most `timeout` seconds once the work
+        before it is done. A store that does not answer costs that long, not minutes: the
+        tracking process, stuck in it, is let go, and a later call starts a fresh one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(timeout=WAIT_STEP)
+            except FutureTimeout:
+                if time.monotonic() > deadline:
+                    self.process.kill()
+                    why = f"the MLflow store did not answer within {timeout:.0f} s"
+                    self._die(why)
+                    raise TrackingError(why) from None
+
+    def send_metrics(self, uri: str, run_id: str, epochs: np.ndarray,
+                     columns: dict[str, np.ndarray]) -> Future:  # fmt: skip
+        """Hand a chunk over without waiting, unless about a second of work waits already."""
+        points = len(epochs) * len(columns)
+        while self.backlog > BACKLOG_POINTS and self.pending:
+            try:
+                self.pending[0][0].result(timeout=WAIT_STEP)
+            except FutureTimeout:
+                continue
+            except Exception:
+                break  # told at the next write
+        return self.call_async(log_metrics, uri, run_id, epochs, columns, points=points)
+
+    def _read_answers(self) -> None:
+        while True:
+            try:
+                ok, value = self.answers.recv()
+            except (EOFError, OSError):
+                self._die("the tracking process ended unexpectedly (killed?)")
+                return
+            with self.lock:
+                future, points = self.pending.popleft()
+                self.backlog -= points
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(TrackingError(value))
+
+    def _die(self, why: str) -> None:
+        if self.dead is None:
+            self.dead = why
+        while self.pending:
+            future, _ = self.pending.popleft()
+            if not future.done():
+                future.set_exception(TrackingError(why))
+        self.backlog = 0
+
+    def stop(self) -> None:
+        """Leave the tracking process behind at once (it ends what it has open as KILLED)."""
+        self.process.kill()
+
+
+_tracker: Tracker | None = None
+
+
+def tracker() -> Tracker:
+    """This process's tracking process, started on first use; a dead one is replaced."""
+    global _tracker
+    if _tracker is None or _tracker.dead:
+        _tracker = Tracker()
+    return _tracker
+
+
+def started() -> bool:
+    return _tracker is not None and not _tracker.dead

@@ -1,0 +1,154 @@
+"""runner/report.py: the sweep's summary table, the one ranking, and the pictures of many
+runs, checked on the matplotlib figures themselves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runner.report import (
+    STATUS_ORDER,
+    SUMMARY_COLUMNS,
+    draw_final_loss_vs_lr,
+    draw_loss_curves,
+    plot_loss_curves,
+    rank,
+    summarize,
+    sweep_plots,
+)
+
+
+def _job(sweep: Path, n: int, overrides: list[str], result: dict | str | None) -> None:
+    (sweep / str(n) / ".hydra").mkdir(parents=True)
+    (sweep / str(n) / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+    if result is not None:
+        text = result if isinstance(result, str) else json.dumps(result)
+        (sweep / str(n) / "result.json").write_text(text)
+
+
+def _result(status: str, loss: float | None, lr: float, diverged_at: int | None = None) -> dict:
+    final = {"final_a": 0.5, "final_b": 0.4} if status == "FINISHED" else {}
+    return {"status": status, "epochs_run": diverged_at or 50, "final_loss": loss,
+            "final": final, "lr": lr, "stable_lr_max": 0.18, "optimum_loss": 0.0,
+            "mlflow_run_id": f"run-{lr}", "diverged_at_epoch": diverged_at,
+            "converged_at_epoch": None, "failure": None}  # fmt: skip
+
+
+def test_summary_ranks_finished_by_loss_then_diverged_killed_failed(tmp_path: Path) -> None:
+    _job(tmp_path, 0, ["lr=0.01"], _result("FINISHED", 0.3, 0.01))
+    _job(tmp_path, 1, ["lr=0.1"], _result("FINISHED", 0.001, 0.1))
+    _job(tmp_path, 2, ["lr=9"], _result("DIVERGED", None, 9.0, diverged_at=7))  # null loss
+    _job(tmp_path, 3, ["lr=0.5"], None)  # died without a result
+    _job(tmp_path, 4, ["lr=0.3"], _result("KILLED", None, 0.3))
+    _job(tmp_path, 10, ["lr=0.2"], _result("FINISHED", 0.02, 0.2))
+    _job(tmp_path, 11, ["lr=8"], '{"status": "DIVERGED", "final_loss": Infinity, "final": {}}')
+    (tmp_path / "summary.csv").write_text("not a job")
+    (tmp_path / "12").mkdir()  # a number, but no Hydra job in it
+
+    summary = summarize(tmp_path)
+    assert summary.columns.tolist() == SUMMARY_COLUMNS
+    assert summary["overrides"].tolist() == [
+        "lr=0.1", "lr=0.2", "lr=0.01", "lr=9", "lr=8", "lr=0.3", "lr=0.5",
+    ]  # fmt: skip
+    assert summary["status"].tolist() == [
+        "FINISHED", "FINISHED", "FINISHED", "DIVERGED", "DIVERGED", "KILLED", "FAILED",
+    ]  # fmt: skip
+    assert summary.loc[3, "diverged_at_epoch"] == 7 and summary.loc[3, "epochs_run"] == 7
+    assert summary["final_loss"].iloc[3:].tolist() == [math.inf] * 4  # null, Infinity, absent
+    assert summary.loc[0, "final_a"] == 0.5 and summary.loc[0, "mlflow_run_id"] == "run-0.1"
+    assert pd.isna(summary.loc[3, "final_a"]) and summary["epochs_run"].dtype == "Int64"
+    assert summary["lr"].dtype == float and pd.isna(summary.loc[6, "lr"])
+
+
+def test_summary_of_an_empty_sweep_has_the_columns(tmp_path: Path) -> None:
+    summary = summarize(tmp_path)
+    assert summary.empty and summary.columns.tolist() == SUMMARY_COLUMNS
+
+
+def test_rank_orders_statuses_then_loss_then_job() -> None:
+    frame = pd.DataFrame({
+        "job": [5, 4, 3, 2, 1, 0],
+        "status": ["FAILED", "RUNNING", "KILLED", "DIVERGED", "FINISHED", "FINISHED"],
+        "final_loss": [0.0, 0.0, np.nan, math.inf, 0.5, 0.5],
+    })  # fmt: skip
+    ranked = rank(frame)
+    order = ["FINISHED", "FINISHED", "DIVERGED", "KILLED", "FAILED", "RUNNING"]  # unknown: last
+    assert ranked["status"].tolist() == order and list(STATUS_ORDER) == order[1:5]
+    assert ranked["job"].tolist() == [0, 1, 2, 3, 5, 4]  # equal losses: by job
+
+
+def test_rank_without_jobs_keeps_the_incoming_order_for_ties() -> None:
+    frame = pd.DataFrame({"run_id": ["c", "a", "b"], "status": ["FINISHED"] * 3,
+                          "final_loss": [0.1, 0.1, 0.01]})  # fmt: skip
+    assert rank(frame)["run_id"].tolist() == ["b", "c", "a"]
+
+
+def _curves() -> list:
+    epochs = np.arange(20)
+    return [
+        ("lr=0.1", epochs, 2.0 * 0.5**epochs, "FINISHED"),
+        ("lr=0.01", epochs, 2.0 * 0.9**epochs, "FINISHED"),
+        ("lr=9", epochs[:8], 2.0 * 1e5 ** epochs[:8], "DIVERGED"),  # up to 2e35
+        ("lr=0.3", epochs[:0], epochs[:0] * 1.0, "KILLED"),  # nothing logged: not drawn
+    ]
+
+
+def test_loss_curves_are_drawn_with_diverged_ones_dashed_and_clipped() -> None:
+    fig = draw_loss_curves(_curves(), "Loss per epoch")
+    (ax,) = fig.axes
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["lr=0.1", "lr=0.01", "lr=9 (diverged)"]
+    assert [line.get_linestyle() for line in lines] == ["-", "-", "--"]
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch"
+    assert ax.get_ylabel() == "loss (MSE, log scale)" and ax.get_title() == "Loss per epoch"
+    low, high = ax.get_ylim()
+    assert high == pytest.approx(20.0)  # a decade above the runs that did not diverge
+    assert low == pytest.approx(2.0 * 0.5**19 / 2)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["lr=0.1", "lr=0.01", "lr=9 (diverged)"]
+
+
+def test_plot_loss_curves_writes_a_png_and_counts_lines(tmp_path: Path) -> None:
+    assert plot_loss_curves(_curves(), tmp_path / "loss.png", "t") == 3
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_loss_curves([], tmp_path / "none.png", "t") == 0  # no runs: an empty axis
+    assert (tmp_path / "none.png").is_file()
+
+
+def _summary() -> pd.DataFrame:
+    return pd.DataFrame({
+        "job": [0, 1, 2], "overrides": ["lr=0.01", "lr=0.1", "lr=0.5"],
+        "status": ["FINISHED", "FINISHED", "DIVERGED"], "lr": [0.01, 0.1, 0.5],
+        "stable_lr_max": [0.18] * 3, "final_loss": [0.006, 0.0004, np.inf],
+    })  # fmt: skip
+
+
+def test_final_loss_against_lr_marks_diverged_jobs_and_the_limit() -> None:
+    (ax,) = draw_final_loss_vs_lr(_summary()).axes
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert ax.get_xlabel() == "lr (log scale)" and ax.get_ylabel() == "final loss (log scale)"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["finished", "diverged (drawn at the top)", "stability limit 2/λmax = 0.18"]
+    finished, diverged, limit = ax.get_lines()
+    assert finished.get_xdata().tolist() == [0.01, 0.1]
+    assert diverged.get_ydata().tolist() == [0.006]  # at the top of the finished ones
+    assert limit.get_xdata()[0] == 0.18
+
+
+def test_sweep_plots_write_both_pictures(tmp_path: Path) -> None:
+    for job in range(3):
+        (tmp_path / str(job)).mkdir()
+        pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.0 / (job + 1)]}).to_csv(
+            tmp_path / str(job) / "metrics.csv", index=False
+        )
+    paths = sweep_plots(_summary(), tmp_path)
+    assert [p.name for p in paths] == ["final_loss_vs_lr.png", "losses.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+    one_lr = _summary().assign(lr=0.1)
+    assert [p.name for p in sweep_plots(one_lr, tmp_path, top=2)] == ["losses.png"]

@@ -1,0 +1,68 @@
+"""The sinks: metrics.csv in whole chunks with exact numbers, the console and the bar."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runner.sinks import CsvSink, ProgressSink, SinkError
+from runner.tracking import Ending
+
+COLUMNS = ["epoch", "loss", "a"]
+
+
+def test_chunks_append_to_one_exact_csv(tmp_path: Path) -> None:
+    chunks = [
+        pd.DataFrame({"epoch": [0, 1], "loss": [2.4166667461395264, 0.1], "a": [1.0, 1 / 3]}),
+        pd.DataFrame({"epoch": [2], "loss": [1e-30], "a": [0.6666666269302368]}),
+    ]
+    path = tmp_path / "metrics.csv"
+    sink = CsvSink(path, COLUMNS)
+    sink.open()
+    assert pd.read_csv(path).columns.tolist() == COLUMNS  # a run of no epoch has a header
+    sink.write(chunks[0])
+    # Readable with complete rows while the run is still going.
+    pd.testing.assert_frame_equal(pd.read_csv(path), chunks[0])
+    sink.write(chunks[1])
+    sink.close(Ending("FINISHED"))
+    back = pd.read_csv(path)
+    pd.testing.assert_frame_equal(back, pd.concat(chunks, ignore_index=True), check_exact=True)
+
+
+def test_a_full_disk_leaves_whole_rows_and_one_line(tmp_path: Path) -> None:
+    """A write cut short (here by a file-size limit, as a full disk would) is undone."""
+    path = tmp_path / "metrics.csv"
+    sink = CsvSink(path, COLUMNS)
+    sink.open()
+    small = pd.DataFrame({"epoch": range(10), "loss": np.linspace(1, 0, 10), "a": 0.5})
+    sink.write(small)
+    size = path.stat().st_size
+    big = pd.DataFrame({"epoch": range(10, 5000), "loss": np.linspace(1, 0, 4990), "a": 0.5})
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, limits[1]))
+    try:
+        with pytest.raises(SinkError, match=r"^cannot write .*metrics.csv \(File too large\)$"):
+            sink.write(big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    sink.close(Ending("FAILED"))
+    assert path.stat().st_size == size and path.read_bytes().endswith(b"\n")
+    pd.testing.assert_frame_equal(pd.read_csv(path), small, check_dtype=False)
+    assert os.access(path, os.R_OK)
+
+
+def test_progress_bar_moves_by_chunks() -> None:
+    bar = ProgressSink(epochs=30)
+    bar.open()
+    bar.write(pd.DataFrame({"epoch": range(10), "loss": np.linspace(1, 0.5, 10)}))
+    bar.write(pd.DataFrame({"epoch": range(10, 30), "loss": np.linspace(0.5, 0.1, 20)}))
+    assert bar.bar.n == 30 and bar.bar.postfix == "loss=0.1"
+    bar.close(Ending("FINISHED"))

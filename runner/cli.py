@@ -31,6 +31,17 @@ from runner.config import CONF_DIR, Config, ConfigError
 from runner.logs import console
 from runner.signals import Stop, install
 
+
+class Refused(BaseException):
+    """A setting found bad only when the run starts (the data file, the device, the store).
+
+    A BaseException, so that Hydra passes it on instead of logging a traceback of it."""
+
+    def __init__(self, err: ConfigError) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
 MAIN_PID = "RUNNER_MAIN_PID"  # the launching process: jobs there own the terminal
 COMMAND = "RUNNER_COMMAND"  # the command line, for every job's record
 
@@ -64,12 +75,15 @@ def main() -> None:
             _sweep(plan)
         else:
             _hydra(plan, copied=[MAIN_PID, COMMAND])
-    except ConfigError as err:  # found only when the run starts: the data file, the device
-        _discard(plan)
-        _fail(err, 2)
+    except Refused as refused:  # found only when the run starts: the data file, the device
+        if not plan.multirun:
+            _discard(plan)
+        _fail(refused.err, 2)
     except KeyboardInterrupt as err:
-        name = signal.Signals(stopper.signum or signal.SIGINT).name
-        print(f"runner: stopped by {name}; every run it reached is ended KILLED", file=sys.stderr)
+        if plan.multirun:  # (a single run has said what it kept)
+            name = signal.Signals(stopper.signum or signal.SIGINT).name
+            print(f"runner: sweep stopped by {name}: its runs are ended KILLED; summary.csv "
+                  "says what each kept", file=sys.stderr)  # fmt: skip
         raise SystemExit(getattr(err, "exit_code", 130)) from None
 
 
@@ -93,15 +107,15 @@ def _sweep(plan: gate.Plan) -> None:
             _hydra(plan, copied=[MAIN_PID, COMMAND, *parent])
     except StoreUnavailable as err:
         if sweep.parent is not None and sweep.parent.run_id is None:  # before any job
-            shutil.rmtree(plan.out_dir, ignore_errors=True)
+            _discard(plan)
             _fail(f"mlflow.tracking_uri={plan.conf.mlflow.tracking_uri!r}: {err}", 2)
         raise
 
 
 def _discard(plan: gate.Plan) -> None:
-    """Leave nothing behind of a run that never started."""
-    if plan.out_dir is not None and not plan.multirun:
-        shutil.rmtree(plan.out_dir, ignore_errors=True)
+    """Leave nothing behind of a run or sweep that never started."""
+    if plan.created is not None:
+        shutil.rmtree(plan.created, ignore_errors=True)
 
 
 def _fail(err: object, code: int) -> None:
@@ -137,8 +151,12 @@ def job(cfg: DictConfig) -> float:
     )
     try:
         result = run(conf, ctx)
+    except ConfigError as err:
+        raise Refused(err) from None
     except StoreUnavailable as err:  # a single run: nothing is written, one line
-        raise ConfigError("mlflow.tracking_uri", conf.mlflow.tracking_uri, str(err)) from None
+        raise Refused(
+            ConfigError("mlflow.tracking_uri", conf.mlflow.tracking_uri, str(err))
+        ) from None
     if result.status == "KILLED":
         raise Stop(result.signal or 2)  # the sweep stops with its job
     if result.status != "FINISHED" and not multirun:
@@ -150,8 +168,8 @@ def job(cfg: DictConfig) -> float:
 def _http_defaults() -> None:
     """A tracking server that does not answer costs seconds, not minutes (users may override)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "4")
 
 
 def print_help() -> None:

@@ -220,7 +220,7 @@ class DataConfig:
             raise ConfigError("y", self.y, f"a list as long as data.x ({len(self.x)} values)")
 
 
-def _tracking_uri(uri: str | None) -> str | None:
+def tracking_uri_problem(uri: str | None) -> str | None:
     """Why an MLflow tracking URI cannot be used, or None when it can."""
     if uri is None:
         return None
@@ -278,7 +278,7 @@ class MlflowConfig:
     )
 
     def check(self) -> None:
-        if problem := _tracking_uri(self.tracking_uri):
+        if problem := tracking_uri_problem(self.tracking_uri):
             raise ConfigError("tracking_uri", _without_password(self.tracking_uri), problem)
 
 

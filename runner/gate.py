@@ -30,7 +30,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from runner.config import CONF_DIR, Config, ConfigError, validate
+from runner.config import CONF_DIR, Config, ConfigError, tracking_uri_problem, validate
+from runner.store import default_tracking_uri
 
 MAX_ARGUMENT = 10_000  # Hydra's override parser takes minutes on a 100 KB value
 
@@ -57,6 +58,8 @@ HYDRA_SETTABLE = (
     "hydra.launcher.partition", "hydra.launcher.timeout_min", "hydra.launcher.cpus_per_task",
     "hydra.launcher.gpus_per_node", "hydra.launcher.tasks_per_node", "hydra.launcher.mem_gb",
     "hydra.launcher.nodes", "hydra.launcher.name", "hydra.launcher.array_parallelism",
+    "hydra.launcher.account", "hydra.launcher.qos", "hydra.launcher.constraint",
+    "hydra.launcher.exclude", "hydra.launcher.comment",
     "hydra.launcher.ray.init.address", "hydra.launcher.ray.remote.num_cpus",
     "hydra.launcher.ray.remote.num_gpus",
     "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction",
@@ -110,6 +113,7 @@ class Plan:
     multirun: bool
     runs_jobs: bool  # False for --cfg, --info, --hydra-help ...: Hydra prints, nothing runs
     out_dir: Path | None  # the run's or the sweep's directory, reserved for it
+    created: Path | None = None  # the topmost directory the reservation created
 
 
 def check(argv: list[str], reserve: bool = True) -> Plan:
@@ -135,10 +139,13 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     runs_jobs = not (args.cfg or args.info or args.shell_completion or args.hydra_help
                      or args.version)  # fmt: skip
     conf = typed(cfg, _given(parsed))
+    _check_default_store(conf)
     _check_hydra_settings(cfg, args.multirun)
     if args.multirun:
         check_sweep_values(cfg, parsed, search)
-    out_dir = _reserve(cfg, parsed, args.multirun) if runs_jobs and reserve else None
+    out_dir, created = (
+        _reserve(cfg, parsed, args.multirun) if runs_jobs and reserve else (None, None)
+    )
     hydra_argv = _flags_for_hydra(args) + [
         o.input_line for o in parsed if not o.input_line.startswith("hydra.searchpath=")
     ]
@@ -146,7 +153,7 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     if out_dir is not None:
         key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
         hydra_argv.append(f"{key}={quoted(str(out_dir))}")
-    return Plan(hydra_argv, list(args.overrides), conf, args.multirun, runs_jobs, out_dir)
+    return Plan(hydra_argv, list(args.overrides), conf, args.multirun, runs_jobs, out_dir, created)
 
 
 def _flags_for_hydra(args: argparse.Namespace) -> list[str]:
@@ -349,6 +356,14 @@ def _walk(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
         yield prefix, node
 
 
+def _check_default_store(conf: Config) -> None:
+    """mlflow.tracking_uri=null means mlflow.db here: it must be a database file it can use."""
+    if conf.mlflow.enabled and conf.mlflow.tracking_uri is None:
+        uri = default_tracking_uri(Path.cwd())
+        if problem := tracking_uri_problem(uri):
+            raise ConfigError("mlflow.tracking_uri", None, f"null is {uri}, which needs {problem}")
+
+
 def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
     """What Hydra will do with its own settings: where it writes, how it launches."""
     subdir = cfg.hydra.output_subdir
@@ -392,24 +407,25 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
             typed(variant, given)
 
 
-def _reserve(cfg: DictConfig, parsed: list[Override], multirun: bool) -> Path:
+def _reserve(cfg: DictConfig, parsed: list[Override], multirun: bool) -> tuple[Path, Path | None]:
     """A directory of the run's (or the sweep's) own, created now: two runs started in the
-    same second never share one. An explicit directory that holds a run is refused."""
+    same second never share one. An explicit directory that holds a run is refused.
+    Returns it and the topmost directory created for it (removed if the run never starts)."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    explicit = any(o.key_or_group == key for o in parsed)
     path = Path(str(OmegaConf.select(cfg, key))).absolute()
     _check_writable(key, path)
-    if explicit:
+    missing = [p for p in (*reversed(path.parents), path) if not p.exists()]
+    if any(o.key_or_group == key for o in parsed):  # the user's own choice of directory
         if _holds_a_run(path, multirun):
             raise ConfigError(key, str(path), "a directory that holds no earlier run or sweep")
         path.mkdir(parents=True, exist_ok=True)
-        return path
+        return path, missing[0] if missing else None
     path.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
         try:
-            candidate.mkdir()  # atomic: exactly one process creates it
-            return candidate
+            candidate.mkdir()  # atomic: of two runs started in the same second, one gets it
+            return candidate, missing[0] if missing else candidate
         except FileExistsError:
             continue
     raise ConfigError(key, str(path), "a pattern that leads to fewer than 10,000 runs a second")

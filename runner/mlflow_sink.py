@@ -3,8 +3,9 @@
 The store's work happens in the tracking process (runner/tracking.py). Opening waits for
 the run's id; a chunk of metrics is handed over and the loop trains on; closing waits
 until the store holds every chunk, then ends the run. A store that fails mid-run costs
-the run its MLflow record, never its CSV: the sink says so in one line, drops the rest,
-and ends the run FAILED once the store answers again.
+the run its MLflow record, never its CSV: the sink says so in one line, ends the run
+FAILED at once (through a fresh tracking process if the old one died), and drops the rest;
+a run the store cannot end now is ended as soon as it answers again.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class MlflowSink:
         self.run_id: str | None = None
         self.sent: list[Future] = []  # metric chunks not yet known to be stored
         self.error: str | None = None  # why the store failed mid-run
-        self.epochs_stored = 0
+        self.ended = False
 
     def open(self) -> None:
         try:
@@ -65,9 +66,11 @@ class MlflowSink:
     def close(self, ending: Ending) -> None:
         """Wait until the store holds every chunk, then end the run with `ending`."""
         self._collect(wait=True)
-        if self.error:  # no half-logged FINISHED run: it ends FAILED, with why
-            ending = Ending("KILLED" if ending.status == "KILLED" else "FAILED",
-                            tags={"runner.tracking_error": self.error[:500]})  # fmt: skip
+        if not self.ended:
+            self._end(ending)
+
+    def _end(self, ending: Ending) -> None:
+        self.ended = True
         try:
             tracking.tracker().call(tracking.end_run, self.uri, self.run_id, ending,
                                     timeout=timeout(self.uri))  # fmt: skip
@@ -93,7 +96,12 @@ class MlflowSink:
     def _fail(self, why: str) -> None:
         if self.error is None:
             self.error = why
-            log.error(f"runner: error: MLflow failed ({why[:300]}); the CSV keeps every epoch")
+            log.error(
+                f"runner: error: MLflow failed ({why[:300]}); run {self.run_id} is ended FAILED, "
+                "the CSV keeps every epoch"
+            )
+            if not self.ended:  # no half-logged run left RUNNING: FAILED now, with why
+                self._end(Ending("FAILED", tags={"runner.tracking_error": why[:500]}))
 
 
 def _end_the_unended() -> None:

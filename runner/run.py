@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -277,7 +278,12 @@ def _print_summary(
             f"or gradient; lr={conf.lr} is too large?); the CSV keeps the {epochs} before it"
         )
     elif result.status == "KILLED":
-        log.info(f"runner: stopped; the CSV and MLflow keep the {epochs} before it")
+        name = signal.Signals(result.signal or signal.SIGINT).name
+        where = f"MLflow run {mlflow.run_id} ended KILLED" if mlflow else "no MLflow run"
+        kept = f"epochs 0-{result.epochs_run - 1}" if result.epochs_run else "no epoch"
+        store = "the CSV and MLflow keep" if mlflow and not mlflow.error else "the CSV keeps"
+        log.warning(f"runner: stopped by {name}: {where}; {store} {kept}")
+        return  # the last line: what was kept
     elif result.final:
         params = ", ".join(f"{n}={result.final[f'final_{n}']:.6g}" for n in best.params)
         log.info(f"runner: {epochs}, final loss {result.final_loss:.6g} ({params})")

@@ -55,7 +55,8 @@ class Sweep:
         path = self.sweep_dir / "summary.csv"
         summary.to_csv(path, index=False)
         _show(summary, path)
-        pictures = _pictures(summary, self.sweep_dir)
+        # A stopped sweep ends at once: its pictures can wait for `runner.compare --plot`.
+        pictures = _pictures(summary, self.sweep_dir) if status == "FINISHED" else []
         if self.parent is None:
             return
         if status != "FINISHED":  # jobs of killed workers: their processes are gone

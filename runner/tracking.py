@@ -16,10 +16,9 @@ ends every run it opened and the runner did not end as KILLED.
 from __future__ import annotations
 
 import collections
-import multiprocessing
-import multiprocessing.util
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -184,8 +183,10 @@ def _ready() -> None:
     from mlflow.store.tracking import sqlalchemy_store  # noqa: F401 - the SQLite store's code
 
 
-def _serve(calls: Connection, answers: Connection) -> None:
+def serve(calls_fd: int, answers_fd: int) -> None:
     """The tracking process: answer each call, in order, until the runner is gone."""
+    calls = Connection(calls_fd, writable=False)
+    answers = Connection(answers_fd, readable=False)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)  # the runner decides how its runs end
     while True:
@@ -223,19 +224,20 @@ class Tracker:
     """The runner's end of the pipe: calls become Futures, answered in the order sent."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
         # One pipe each way: closing ours of the first is the tracking process's EOF, while
         # a thread of ours still waits on the second.
-        calls_out, self.conn = context.Pipe(duplex=False)
-        self.answers, answers_in = context.Pipe(duplex=False)
-        self.process = context.Process(target=_serve, args=(calls_out, answers_in),
-                                       name="runner-tracking", daemon=True)  # fmt: skip
-        self.process.start()
-        calls_out.close()  # only the tracking process holds these ends: EOF there when we go
-        answers_in.close()
-        # Closed before multiprocessing joins its children at exit, so the tracking process
-        # stores what it was sent, ends, and the join returns.
-        multiprocessing.util.Finalize(self, self.conn.close, exitpriority=10)
+        calls_in, calls_out = os.pipe()
+        answers_in, answers_out = os.pipe()
+        # A plain `python -c` (not multiprocessing): it works the same from a parallel
+        # launcher's worker, whatever start method that worker was given.
+        code = f"from runner.tracking import serve; serve({calls_in}, {answers_out})"
+        package_root = Path(__file__).resolve().parent.parent  # finds this very package
+        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=package_root,
+                                        pass_fds=(calls_in, answers_out))  # fmt: skip
+        os.close(calls_in)  # only the tracking process holds these ends: EOF there when we go
+        os.close(answers_out)
+        self.conn = Connection(calls_out, readable=False)
+        self.answers = Connection(answers_in, writable=False)
         self.pending: collections.deque[tuple[Future[Any], int]] = collections.deque()
         self.backlog = 0  # metric points sent and not yet stored
         self.lock = threading.Lock()
@@ -281,7 +283,7 @@ class Tracker:
                      columns: dict[str, np.ndarray]) -> Future:  # fmt: skip
         """Hand a chunk over without waiting, unless about a second of work waits already."""
         points = len(epochs) * len(columns)
-        while self.backlog > BACKLOG_POINTS and self.pending:
+        while self.backlog + points > BACKLOG_POINTS and self.pending:
             try:
                 self.pending[0][0].result(timeout=WAIT_STEP)
             except FutureTimeout:
@@ -313,10 +315,6 @@ class Tracker:
             if not future.done():
                 future.set_exception(TrackingError(why))
         self.backlog = 0
-
-    def stop(self) -> None:
-        """Leave the tracking process behind at once (it ends what it has open as KILLED)."""
-        self.process.kill()
 
 
 _tracker: Tracker | None = None

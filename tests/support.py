@@ -11,11 +11,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from runner import gate
 from runner.config import Config
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,10 +57,13 @@ def runner_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "MLFLOW_"))}
 
 
+STARTED: list[subprocess.Popen[str]] = []  # ended by tests/conftest.py after each test
+
+
 def start_runner(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen[str]:
     """`python -m runner ARGS...` in the background (SIGINT reaches it as Ctrl-C would);
     with new_session, in a process group of its own that os.killpg can reach whole."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
         env=runner_env(),
@@ -65,6 +72,23 @@ def start_runner(*args: str, cwd: Path, new_session: bool = False) -> subprocess
         text=True,
         start_new_session=new_session,
     )
+    STARTED.append(process)
+    return process
+
+
+def kill_tree(pid: int) -> None:
+    """A process and everything it started (the tracking process, launcher workers)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(family, timeout=10)
 
 
 def wait_for_rows(csv: Path, rows: int = 1, timeout: float = 120) -> None:
@@ -118,12 +142,60 @@ def stop_dashboard(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) 
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m runner ARGS...` in a subprocess, as a user types it."""
-    return subprocess.run(
+    """`python -m runner ARGS...` in a subprocess, as a user types it; on a timeout it is
+    killed with everything it started, and the test fails."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
         env=runner_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
     )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def store(home: Path) -> MlflowClient:
+    """The default SQLite store of runs started in `home`."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, max_results=5000)
+
+
+def sweep_parent(client: MlflowClient, sweep_dir: Path) -> str:
+    """The MLflow parent run of the sweep that wrote `sweep_dir`."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (parent,) = client.search_runs(experiments, f"tags.`runner.sweep_dir` = '{sweep_dir}'")
+    return parent.info.run_id
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000
+    )
+
+
+def update_doc_table(doc: Path, name: str, head: str, rows: list[str]) -> None:
+    """Check the table `name` of `doc` against observed rows; RUNNER_WRITE_DOCS=1 rewrites it."""
+    begin = f"<!-- {name} table: written by the tests -->\n"
+    end = f"<!-- end of {name} table -->\n"
+    text = doc.read_text()
+    before, rest = text.split(begin)
+    after = rest.split(end)[1]
+    fresh = before + begin + head + "".join(rows) + end + after
+    if os.environ.get("RUNNER_WRITE_DOCS"):
+        doc.write_text(fresh)
+        return
+    assert text == fresh, f"{doc} is stale: run RUNNER_WRITE_DOCS=1 pytest tests/"

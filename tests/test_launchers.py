@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -24,10 +23,21 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
-from runner.checks import check_command_line
-from support import free_port, run_cli, runner_env, start_dashboard, stop_dashboard
+from support import (
+    free_port,
+    run_cli,
+    runner_env,
+    start_dashboard,
+    stop_dashboard,
+    sweep_parent,
+)
 
+from runner import gate
 from runner.config import CONF_DIR, ConfigError
+
+
+def check_command_line(argv: list[str]) -> gate.Plan:
+    return gate.check(argv, reserve=False)
 
 
 def _installed(module: str) -> bool:
@@ -139,7 +149,7 @@ def _children(client: MlflowClient, parent_id: str) -> list:
 def _assert_sweep(client: MlflowClient, sweep_dir: Path, lrs: list[str], epochs: int) -> list:
     """The parent run and one FINISHED child per lr with a full history, ranked in summary.csv;
     returns the children."""
-    parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
+    parent_id = sweep_parent(client, sweep_dir)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     children = {c.info.run_id: c for c in _children(client, parent_id)}
@@ -190,7 +200,7 @@ def test_ray_sweep_runs_every_job_as_a_ray_task_into_one_server(
         assert f"Connecting to existing Ray cluster at address: {address}" in done.stderr
         assert "runner: sweep of 8 jobs, best first" in done.stdout
         children = _assert_sweep(MlflowClient(url), sweep_dir, LRS, epochs=30)
-        parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
+        parent_id = sweep_parent(MlflowClient(url), sweep_dir)
         driver_pid = MlflowClient(url).get_run(parent_id).data.tags["runner.main_pid"]
     finally:
         stop_dashboard(server)
@@ -229,7 +239,7 @@ def test_submitit_local_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
 
     # Each job ran in a process of its own, and its output is in submitit's folder.
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
-    parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
+    parent_id = sweep_parent(client, sweep_dir)
     driver_pid = client.get_run(parent_id).data.tags["runner.main_pid"]
     pids = {c.data.tags["runner.main_pid"] for c in children}
     assert len(pids) == 2 and driver_pid not in pids
@@ -263,13 +273,14 @@ def test_submitit_slurm_preset_composes_with_sensible_defaults(
         "hydra.launcher.partition=cpu", "hydra.launcher.account=ml",
         "hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=2",
         "hydra.launcher.gpus_per_node=1", "hydra.launcher.mem_gb=4",
-        "hydra.launcher.setup=[source .venv/bin/activate]",
     ]  # fmt: skip
     launcher = _launcher("hydra/launcher=submitit_slurm", *settings)
     assert launcher["partition"] == "cpu" and launcher["account"] == "ml"
     assert launcher["timeout_min"] == 20 and launcher["cpus_per_task"] == 2
     assert launcher["gpus_per_node"] == 1 and launcher["mem_gb"] == 4
-    assert launcher["setup"] == ["source .venv/bin/activate"]
+    # Shell commands on the cluster's nodes are not the command line's to give.
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.setup=.*not settable"):
+        check_command_line(["-m", "hydra/launcher=submitit_local", "hydra.launcher.setup=[ls]"])
     # The runner's own checks take them too, as on a Slurm login node (srun on PATH).
     (fake_srun := tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")
     fake_srun.chmod(0o755)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from support import run_cli
+from support import children, run_cli, store, sweep_parent
 
-from runner.sweep import summarize
+from runner.report import summarize
 
 
 def _job(sweep: Path, n: int, overrides: list[str], result: dict | None) -> None:
@@ -45,11 +45,6 @@ def test_summary_ranks_finished_by_loss_then_diverged_then_failed(tmp_path: Path
     assert summary.loc[0, "final_a"] == 0.5 and summary.loc[0, "mlflow_run_id"] == "id0.001"
 
 
-def _children(client: MlflowClient, parent_id: str) -> list:
-    experiment = client.get_run(parent_id).info.experiment_id
-    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
-
-
 @pytest.mark.slow
 def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> None:
     done = run_cli("-m", "lr=0.01,0.1,1.5", "optimizer=manual,sgd", "epochs=30", cwd=tmp_path)
@@ -63,8 +58,8 @@ def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
     assert summary["final_loss"].iloc[:4].is_monotonic_increasing
     assert "runner: sweep of 6 jobs, best first" in done.stdout
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
+    client = store(tmp_path)
+    parent_id = sweep_parent(client, sweep_dir)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best_run_id"] == summary.loc[0, "mlflow_run_id"]
@@ -73,10 +68,10 @@ def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
     assert artifacts == {"summary.csv", "final_loss_vs_lr.png", "losses.png"}
     assert summary["stable_lr_max"].round(4).unique().tolist() == [0.1803]  # beside lr
 
-    children = {r.info.run_id: r for r in _children(client, parent_id)}
-    assert set(children) == set(summary["mlflow_run_id"])
+    kids = {r.info.run_id: r for r in children(client, parent_id)}
+    assert set(kids) == set(summary["mlflow_run_id"])
     for row in summary.itertuples():
-        child = children[row.mlflow_run_id]
+        child = kids[row.mlflow_run_id]
         history = client.get_metric_history(row.mlflow_run_id, "loss")
         assert len(history) == row.epochs_run
         if row.status == "FINISHED":
@@ -90,12 +85,12 @@ def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
 
 def _assert_complete_sweep(client: MlflowClient, sweep_dir: Path, jobs: int, epochs: int) -> None:
     """Every job is a FINISHED child of the sweep's parent with its full metric history."""
-    parent_id = json.loads((sweep_dir / "mlflow_parent.json").read_text())["run_id"]
+    parent_id = sweep_parent(client, sweep_dir)
     assert client.get_run(parent_id).info.status == "FINISHED"
-    children = _children(client, parent_id)
-    assert len(children) == jobs
+    kids = children(client, parent_id)
+    assert len(kids) == jobs
     points = 0
-    for child in children:
+    for child in kids:
         assert child.info.status == "FINISHED", child.info.run_name
         for name in ("loss", "a", "b", "grad_a", "grad_b"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
@@ -104,7 +99,7 @@ def _assert_complete_sweep(client: MlflowClient, sweep_dir: Path, jobs: int, epo
     assert points == jobs * epochs * 5  # zero lost metric points
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert len(summary) == jobs and set(summary["status"]) == {"FINISHED"}
-    assert set(summary["mlflow_run_id"]) == {c.info.run_id for c in children}
+    assert set(summary["mlflow_run_id"]) == {c.info.run_id for c in kids}
 
 
 @pytest.mark.slow
@@ -123,7 +118,7 @@ def test_parallel_sweep_of_20_jobs_on_8_workers_loses_nothing(tmp_path: Path) ->
     for trouble in ("database is locked", "Traceback", "OperationalError"):
         assert trouble not in done.stderr
     (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store(tmp_path)
     _assert_complete_sweep(client, sweep_dir, jobs=20, epochs=40)
 
 

@@ -108,7 +108,7 @@ def _sweep(plan: gate.Plan) -> None:
     except StoreUnavailable as err:
         if sweep.parent is not None and sweep.parent.run_id is None:  # before any job
             _discard(plan)
-            _fail(f"mlflow.tracking_uri={plan.conf.mlflow.tracking_uri!r}: {err}", 2)
+            _fail(ConfigError("mlflow.tracking_uri", plan.conf.mlflow.tracking_uri, str(err)), 2)
         raise
 
 
@@ -147,7 +147,7 @@ def job(cfg: DictConfig) -> float:
         command=os.environ.get(COMMAND, "python -m runner"),
         sweep_parent=os.environ.get(PARENT_VARIABLE) or None if multirun else None,
         owns_terminal=in_launcher,
-        plots=conf.plots if conf.plots is not None else not multirun,
+        in_sweep=multirun,
     )
     try:
         result = run(conf, ctx)
@@ -168,7 +168,7 @@ def job(cfg: DictConfig) -> float:
 def _http_defaults() -> None:
     """A tracking server that does not answer costs seconds, not minutes (users may override)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "4")
 
 

@@ -18,7 +18,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
-import numpy as np
 from hydra.core.config_store import ConfigStore
 
 
@@ -31,7 +30,7 @@ CONF_DIR = _conf_dir()  # the YAML files: config.yaml and one folder per config 
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy's generators both take [0, 2**63)
 CHUNK_MAX = 1_000_000  # epochs of history on the device: 1e6 x 8 float32 columns = 32 MB
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # the data become float32 tensors
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(float32).max: the data become float32
 EXPERIMENT_NAME_MAX = 500  # MLflow refuses longer experiment names
 
 

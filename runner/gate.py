@@ -342,14 +342,15 @@ def check_code_paths(cfg: DictConfig) -> None:
             raise ConfigError(key, value, "unset (commands on the workers are not configurable)")
 
 
-def _walk(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
-    """(dotted key, leaf value) of a config, interpolations left as written."""
+def _walk(node: Any, prefix: str = "", lists: bool = True) -> typing.Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) of a config, interpolations left as written; with
+    lists=False a list is one leaf."""
     if OmegaConf.is_config(node):
-        node = OmegaConf.to_container(node, resolve=False)
+        node = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
     if isinstance(node, dict):
         for key, child in node.items():
-            yield from _walk(child, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(node, list):
+            yield from _walk(child, f"{prefix}.{key}" if prefix else str(key), lists)
+    elif isinstance(node, list) and lists:
         for i, item in enumerate(node):
             yield from _walk(item, f"{prefix}[{i}]")
     else:
@@ -517,4 +518,4 @@ def compose_defaults() -> dict[str, Any]:
     cfg = compose_checked([], {})
     with open_dict(cfg):
         del cfg["hydra"]
-    return {key: value for key, value in _walk(cfg)}
+    return dict(_walk(cfg, lists=False))

@@ -31,7 +31,7 @@ from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
 from runner.provenance import record
 from runner.signals import STOPPER
-from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
+from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink, SinkError
 from runner.store import default_tracking_uri, run_name, server_problem
 from runner.tracking import Ending, RunSpec
 
@@ -48,7 +48,7 @@ class RunContext:
     command: str = "python -m runner"  # the command line, for the reproducibility record
     sweep_parent: str | None = None  # the sweep's MLflow run: this run is its child
     owns_terminal: bool = True  # console lines and a progress bar (not in parallel workers)
-    plots: bool = True
+    in_sweep: bool = False  # plots=null draws a single run's pictures, not a sweep job's
 
 
 @dataclass
@@ -113,7 +113,10 @@ def run(conf: Config, ctx: RunContext) -> Result:
     mlflow = _open_mlflow(conf, s, ctx)
     check = conf.check_grad_tol if conf.check_grad else None
     columns = [*history_columns(s.model, check is not None), "gap", "distance"]
-    sinks: list[Sink] = [CsvSink(csv_path, columns), *([mlflow] if mlflow else [])]
+    sinks: list[Sink] = [
+        CsvSink(csv_path, columns),
+        *([mlflow] if mlflow and mlflow.run_id else []),
+    ]
     if ctx.owns_terminal and conf.print_every > 0:
         sinks.append(ConsoleSink(conf.print_every))
     if ctx.owns_terminal and conf.progress and os.isatty(2):
@@ -129,8 +132,9 @@ def run(conf: Config, ctx: RunContext) -> Result:
 
     ending = Ending("FAILED")
     try:
-        for sink in sinks[:1] + sinks[2:]:  # (the MLflow run is open already)
-            sink.open()
+        for sink in sinks:
+            if sink is not mlflow:  # (the MLflow run is open already)
+                sink.open()
         where = f"the run ends KILLED, MLflow holding every epoch of {csv_path}"
         with STOPPER.listening_while(where):
             outcome = train(
@@ -138,6 +142,9 @@ def run(conf: Config, ctx: RunContext) -> Result:
                 conf.zero_grad, conf.chunk, conf.stop.tol, check, STOPPER.stop,
             )  # fmt: skip
         ending = _conclude(outcome, conf, s, ctx, csv_path, result)
+    except SinkError as err:  # the CSV cannot be written (a full disk): the run fails
+        result.failure = str(err)
+        ending = Ending("FAILED", tags={"runner.error": result.failure})
     except KeyboardInterrupt as err:  # Ctrl-C outside the loop, or a Stop between jobs
         result.status, result.signal = "KILLED", getattr(err, "signum", 2)
         ending = Ending("KILLED")
@@ -147,7 +154,7 @@ def run(conf: Config, ctx: RunContext) -> Result:
         ending = Ending("FAILED", tags={"runner.error": result.failure})
         raise
     finally:
-        for sink in reversed(sinks):  # MLflow last but one: the CSV it logs is complete
+        for sink in sinks:  # the CSV first: complete before MLflow logs it as an artifact
             sink.close(ending)
         if mlflow is not None and mlflow.error:
             result.tracking_error = mlflow.error
@@ -168,7 +175,8 @@ def _conclude(
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(conf))
     finished = outcome.how in (How.finished, How.converged)
     final = _final_metrics(s) if finished else None
-    files = [str(csv_path), *map(str, _plots(csv_path, s, final) if ctx.plots else [])]
+    plots = conf.plots if conf.plots is not None else not ctx.in_sweep
+    files = [str(csv_path), *map(str, _plots(csv_path, s, final) if plots else [])]
     texts = {"config.yaml": config_yaml}
     if outcome.how == How.diverged:
         result.status, result.diverged_at_epoch = "DIVERGED", outcome.at_epoch
@@ -210,11 +218,11 @@ def _open_mlflow(conf: Config, s: Setup, ctx: RunContext) -> MlflowSink | None:
     try:
         sink.open()
     except StoreUnavailable as err:
-        if ctx.sweep_parent is None and conf.mlflow.required:
+        if ctx.sweep_parent is None:
             raise  # a single run stops before it writes anything
+        # A sweep goes on: this job trains with the CSV alone, and ends FAILED for it.
         log.error(f"runner: error: {err}; this job trains with the CSV alone")
-        sink.error = str(err)
-        return None
+        sink.error, sink.ended = str(err), True
     return sink
 
 
@@ -279,7 +287,11 @@ def _print_summary(
         )
     elif result.status == "KILLED":
         name = signal.Signals(result.signal or signal.SIGINT).name
-        where = f"MLflow run {mlflow.run_id} ended KILLED" if mlflow else "no MLflow run"
+        where = (
+            f"MLflow run {mlflow.run_id} ended KILLED"
+            if mlflow and mlflow.run_id
+            else "no MLflow run"
+        )
         kept = f"epochs 0-{result.epochs_run - 1}" if result.epochs_run else "no epoch"
         store = "the CSV and MLflow keep" if mlflow and not mlflow.error else "the CSV keeps"
         log.warning(f"runner: stopped by {name}: {where}; {store} {kept}")
@@ -297,9 +309,9 @@ def _print_summary(
                 f"runner: stopped early: the loss changed by less than stop.tol={conf.stop.tol}"
             )
     else:
-        log.info(f"runner: failed: {result.failure}; the CSV keeps the {epochs} before it")
+        log.error(f"runner: error: {result.failure}; the run is FAILED, the CSV keeps {epochs}")
     log.info(f"runner: csv    {csv_path}")
-    if mlflow is not None:
+    if mlflow is not None and mlflow.run_id:
         log.info(
             f"runner: mlflow run {mlflow.run_id} in '{conf.mlflow.experiment}' at {mlflow.uri}"
         )

@@ -107,13 +107,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_dashboard(home: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def start_dashboard(home: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
     """`python -m runner.dashboard` (a real `mlflow server` on 127.0.0.1) on home's store,
     created here if new; returns its URL once it answers."""
     from mlflow import MlflowClient
 
     MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates the store
-    port = free_port()
+    port = port or free_port()
     with (home / "server.log").open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "runner.dashboard", "--port", str(port)],

@@ -70,9 +70,10 @@ def _observe(args: tuple[str, ...], home: Path) -> str:
     for name, text in CSV.items():
         if text is not None:
             (home / name).write_text(text)
+    shown_args = args
     if args == ("MLFLOW_DB_IS_A_DIRECTORY",):
         (home / "mlflow.db").mkdir()  # the default store's file is a directory
-        args = ("epochs=5",)
+        args, shown_args = ("epochs=5",), ("epochs=5", "(./mlflow.db: a directory)")
     before = sorted(home.rglob("*"))
     done = run_cli(*args, cwd=home)
     assert done.returncode == 2, (args, done.stderr)
@@ -82,7 +83,7 @@ def _observe(args: tuple[str, ...], home: Path) -> str:
     assert "S3cr3t" not in line and "w0rd" not in line  # a password is never shown
     assert sorted(home.rglob("*")) == before  # no outputs/, no mlflow.db, nothing
     shown = line.replace(str(home), ".").replace("|", "\\|")
-    command = " ".join(SHOWN.get(a, a) for a in args)
+    command = " ".join(SHOWN.get(a, a) for a in shown_args)
     return f"| `python -m runner {command}` | {done.returncode} | `{shown}` |\n"
 
 

@@ -162,7 +162,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(key=st.one_of(st.sampled_from(KEYS), st.text(max_size=10)), value=VALUES)
 def test_any_override_is_a_valid_config_or_one_clear_line(key: str, value: str) -> None:
     try:
@@ -189,3 +189,22 @@ def test_a_sweep_is_searched_by_the_chosen_sweeper(search: list[str], sweeper: s
         cfg = compose("config", overrides=search, return_hydra_config=True)
     assert cfg.hydra.sweeper._target_ == sweeper
     get_class(sweeper)  # importable: the runner's own sweeper ships in its hydra_plugins
+
+
+@pytest.mark.parametrize(("option", "extra"), [("ray", "ray"), ("submitit_local", "submitit")])
+def test_a_launcher_without_its_extra_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, option: str, extra: str
+) -> None:
+    monkeypatch.setattr(gate, "_launcher_installed", lambda name: False)
+    with pytest.raises(ConfigError) as caught:
+        check_command_line(["-m", f"hydra/launcher={option}", "lr=0.1,0.2"])
+    assert str(caught.value).startswith(f"hydra/launcher='{option}' is not allowed: installed")
+    assert f"pip install 'runner[{extra}]'" in str(caught.value)
+
+
+def test_a_read_only_store_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # root may write anything
+    with pytest.raises(ConfigError, match=r"is read-only\)$"):
+        check_command_line([f"mlflow.tracking_uri=sqlite:///{db}"])

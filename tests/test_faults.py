@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from support import (
     all_runs,
     children,
     run_cli,
+    runner_env,
     start_dashboard,
     start_runner,
     stop_dashboard,
@@ -366,3 +368,63 @@ def test_a_directory_that_holds_a_run_is_refused(tmp_path: Path) -> None:
         "is not allowed: a directory that holds no earlier run or sweep"
     )
     assert len(pd.read_csv(tmp_path / "sweep" / "summary.csv")) == 2
+
+
+@pytest.mark.slow
+def test_a_server_restarted_mid_sweep_costs_the_sweep_no_job(tmp_path: Path) -> None:
+    """Killed while job 1 logs; job 2 finds it down; restarted before job 3."""
+    url, server = start_dashboard(tmp_path)
+    args = ["-m", "lr=0.01,0.02,0.03,0.04", "epochs=3000", "chunk=500", "hydra.sweep.dir=sweep"]
+    sweep = start_runner(*args, f"mlflow.tracking_uri={url}", cwd=tmp_path)
+    wait_for_rows(tmp_path / "sweep" / "1" / "metrics.csv", rows=600)
+    stop_dashboard(server, signal.SIGKILL)
+    wait_for_rows(tmp_path / "sweep" / "2" / "metrics.csv", rows=100)  # job 2: no store
+    sweep.send_signal(signal.SIGSTOP)  # held while the server comes back
+    try:
+        _, server = start_dashboard(tmp_path, port=int(url.rsplit(":", 1)[1]))
+    finally:
+        sweep.send_signal(signal.SIGCONT)
+    try:
+        _, err = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+        summary = pd.read_csv(tmp_path / "sweep" / "summary.csv").set_index("job")
+        assert summary.loc[[0, 3], "status"].tolist() == ["FINISHED", "FINISHED"]
+        assert summary.loc[[1, 2], "status"].tolist() == ["FAILED", "FAILED"]  # their store failed
+        for job in range(4):
+            rows = pd.read_csv(tmp_path / "sweep" / str(job) / "metrics.csv")
+            assert rows["epoch"].tolist() == list(range(3000))  # every CSV whole
+            result = json.loads((tmp_path / "sweep" / str(job) / "result.json").read_text())
+            assert (result["status"] == "FINISHED") == (result["tracking_error"] is None)
+        client = MlflowClient(url)
+        assert "RUNNING" not in {r.info.status for r in _runs(client)}  # the store answers again
+        assert client.get_run(summary.loc[1, "mlflow_run_id"]).info.status == "FAILED"
+    finally:
+        stop_dashboard(server)
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_run_in_one_line_with_whole_rows(tmp_path: Path) -> None:
+    """The file-size limit (RLIMIT_FSIZE) stands in for a full disk: writes fail with EFBIG
+    as they would with ENOSPC (Python ignores SIGXFSZ)."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "epochs=100000", "mlflow.enabled=false",
+         "hydra.run.dir=out"],
+        cwd=tmp_path, env=runner_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=small_files,
+    )  # fmt: skip
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("runner: error: cannot write ") and "(File too large)" in line
+    csv = (tmp_path / "out" / "metrics.csv").read_bytes()
+    assert csv.endswith(b"\n") and 0 < len(csv) <= 300_000  # whole rows only
+    rows = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert rows["epoch"].tolist() == list(range(len(rows))) and len(rows) % 1000 == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "FAILED" and result["epochs_run"] == len(rows)

@@ -19,6 +19,9 @@ from runner import tracking
 from runner.mlflow_sink import MlflowSink, StoreUnavailable
 from runner.tracking import Ending, RunSpec, Tracker
 
+# A tracking process of its own (a subprocess) for every run: the end-to-end kind.
+pytestmark = pytest.mark.slow
+
 
 def test_the_runner_process_never_imports_mlflow() -> None:
     code = (

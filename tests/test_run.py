@@ -3,6 +3,7 @@ numbers, and a failing or interrupted run is never left RUNNING."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,9 @@ from support import make_config
 
 import runner.run
 from runner.run import RunContext, run
+
+# A tracking process of its own (a subprocess) for every run: the end-to-end kind.
+pytestmark = pytest.mark.slow
 
 
 def _store(launch_dir: Path) -> MlflowClient:
@@ -101,3 +105,23 @@ def test_a_run_that_breaks_is_ended_and_keeps_its_rows(
         _run(tmp_path, "epochs=30", "chunk=10")
     assert _only_run(tmp_path).info.status == status
     assert pd.read_csv(tmp_path / "out" / "metrics.csv")["epoch"].tolist() == list(range(10))
+
+
+def test_result_json_is_valid_json_when_the_loss_is_infinite(tmp_path: Path) -> None:
+    _run(tmp_path, "lr=1.5", "plots=false")
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    result = json.loads((tmp_path / "out" / "result.json").read_text(), parse_constant=refuse)
+    assert result["status"] == "DIVERGED" and result["final_loss"] is None
+    assert _only_run(tmp_path).data.tags["diverged_at_epoch"] == "16"
+
+
+def test_a_loss_not_finite_at_epoch_0_ends_diverged_at_0(tmp_path: Path) -> None:
+    _run(tmp_path, "data.x=[1e20,2e20]", "data.y=[0,0]", "data.true_a=null", "data.true_b=null")
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "DIVERGED" and result["diverged_at_epoch"] == 0
+    assert pd.read_csv(tmp_path / "out" / "metrics.csv").empty  # the header, no row
+    tags = _only_run(tmp_path).data.tags
+    assert tags["diverged"] == "true" and tags["diverged_at_epoch"] == "0"

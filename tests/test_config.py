@@ -175,7 +175,7 @@ def test_any_override_is_a_valid_config_or_one_clear_line(key: str, value: str) 
 @pytest.mark.parametrize(
     ("search", "sweeper"),
     [
-        ([], "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"),
+        ([], "hydra_plugins.runner_sweeper.GridSweeper"),
         (["search=optuna_lr"], "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"),
     ],
 )

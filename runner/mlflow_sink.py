@@ -61,7 +61,10 @@ class MlflowSink:
             return
         columns = {name: chunk[name].to_numpy() for name in chunk.columns[1:]}
         epochs = chunk["epoch"].to_numpy()
-        self.sent.append(tracking.tracker().send_metrics(self.uri, self.run_id, epochs, columns))
+        tracker = tracking.tracker()
+        self.sent.append(
+            tracker.send_metrics(self.uri, self.run_id, epochs, columns, timeout(self.uri))
+        )
 
     def close(self, ending: Ending) -> None:
         """Wait until the store holds every chunk, then end the run with `ending`."""

@@ -217,7 +217,6 @@ def serve(calls_fd: int, answers_fd: int) -> None:
 # A deep backlog of metric chunks only lengthens a stop (the store sets a long run's wall
 # time anyway): at most about a second of the store's work waits, 11,000 points here.
 BACKLOG_POINTS = 11_000
-WAIT_STEP = 0.2  # seconds between looks at Ctrl-C while waiting for the store
 
 
 class Tracker:
@@ -265,31 +264,26 @@ class Tracker:
         return self.wait(self.call_async(function, *args), timeout)
 
     def wait(self, future: Future, timeout: float) -> Any:
-        """The answer of a call sent earlier, waiting at most `timeout` seconds once the work
-        before it is done. A store that does not answer costs that long, not minutes: the
-        tracking process, stuck in it, is let go, and a later call starts a fresh one."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return future.result(timeout=WAIT_STEP)
-            except FutureTimeout:
-                if time.monotonic() > deadline:
-                    self.process.kill()
-                    why = f"the MLflow store did not answer within {timeout:.0f} s"
-                    self._die(why)
-                    raise TrackingError(why) from None
+        """The answer of a call sent earlier, waiting at most `timeout` seconds. A store that
+        does not answer costs that long, not minutes: the tracking process, stuck in it, is
+        let go (a later call starts a fresh one)."""
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            self.process.kill()
+            why = f"the MLflow store did not answer within {timeout:.0f} s"
+            self._die(why)
+            raise TrackingError(why) from None
 
     def send_metrics(self, uri: str, run_id: str, epochs: np.ndarray,
-                     columns: dict[str, np.ndarray]) -> Future:  # fmt: skip
+                     columns: dict[str, np.ndarray], timeout: float) -> Future:  # fmt: skip
         """Hand a chunk over without waiting, unless about a second of work waits already."""
         points = len(epochs) * len(columns)
         while self.backlog + points > BACKLOG_POINTS and self.pending:
             try:
-                self.pending[0][0].result(timeout=WAIT_STEP)
-            except FutureTimeout:
-                continue
-            except Exception:
-                break  # told at the next write
+                self.wait(self.pending[0][0], timeout)
+            except TrackingError:
+                break  # the sink is told at its next write
         return self.call_async(log_metrics, uri, run_id, epochs, columns, points=points)
 
     def _read_answers(self) -> None:

@@ -68,7 +68,7 @@ def test_the_tracking_process_ends_open_runs_as_killed_when_the_runner_goes(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     child = Tracker()  # not the shared one: this test closes it
     run_id = child.call(tracking.open_run, _spec(uri), timeout=120)
-    child.send_metrics(uri, run_id, np.arange(2), {"loss": np.array([1.0, 0.5])})
+    child.send_metrics(uri, run_id, np.arange(2), {"loss": np.array([1.0, 0.5])}, timeout=120)
     child.conn.close()  # what the runner's death looks like from there
     assert child.process.wait(timeout=60) == 0
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"

@@ -255,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += [
-        "| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)
-    ]
-    return "\n".join(lines)
+    return frame.to_markdown(index=False)  # needs tabulate (the dev extra)
 
 
 def targets(t: dict[str, float], quick: bool) -> list[dict[str, object]]:

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -199,3 +200,26 @@ def update_doc_table(doc: Path, name: str, head: str, rows: list[str]) -> None:
         doc.write_text(fresh)
         return
     assert text == fresh, f"{doc} is stale: run RUNNER_WRITE_DOCS=1 pytest tests/"
+
+
+def refused_in_one_line(args: list[str] | tuple[str, ...], home: Path) -> str:
+    """Run `python -m runner ARGS` in home; check it was refused as a bad input is: exit 2,
+    one line on stderr, nothing on stdout, nothing written. Returns that line, home as `.`."""
+    before = sorted(home.rglob("*"))
+    done = run_cli(*args, cwd=home)
+    assert done.returncode == 2, (args, done.stdout, done.stderr)
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()  # one line, so no traceback
+    assert line.startswith("runner: error: ") and " is not allowed: " in line
+    assert sorted(home.rglob("*")) == before  # no outputs/, no mlflow.db, nothing
+    return line.replace(str(home), ".").replace("|", "\\|")
+
+
+def each_in_a_home(tmp_path: Path, cases: list, observe: Callable[[Any, Path], str]) -> list[str]:
+    """observe(case, home) for every case, each in a fresh directory of its own."""
+    rows = []
+    for i, case in enumerate(cases):
+        home = tmp_path / str(i)
+        home.mkdir()
+        rows.append(observe(case, home))
+    return rows

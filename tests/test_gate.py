@@ -11,7 +11,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from support import REPO, run_cli, update_doc_table
+from support import REPO, each_in_a_home, refused_in_one_line, update_doc_table
 
 MARK = "MARK"  # replaced by the marker file's path: the attack would create it
 
@@ -92,24 +92,17 @@ def _observe(attack: tuple[str, ...], home: Path) -> str:
     # Relative paths (the command runs in home), but for file:// search paths.
     args = [a.replace(MARK, f"../{marker.name}").replace("file://EVIL", f"file://{home}/EVIL")
             for a in attack]  # fmt: skip
-    before = sorted(home.rglob("*"))
-    done = run_cli(*args, cwd=home)
-    assert not marker.exists(), (attack, done.stderr)
-    assert done.returncode == 2, (attack, done.stdout, done.stderr)
-    (line,) = done.stderr.splitlines()  # one line, no traceback
-    assert line.startswith("runner: error: ") and " is not allowed: " in line
-    assert sorted(home.rglob("*")) == before  # no outputs/, no mlflow.db, nothing
-    shown = line.replace(str(home), ".").replace(str(marker), "MARK").replace("|", "\\|")
+    try:
+        line = refused_in_one_line(args, home)
+    finally:
+        assert not marker.exists(), attack
+    shown = line.replace(f"../{marker.name}", "MARK")
     command = " ".join(attack).replace("|", "\\|")
     return f"| `python -m runner {command}` | no | `{shown}` |\n"
 
 
 @pytest.mark.slow
 def test_attacks_are_refused_before_anything_runs(tmp_path: Path) -> None:
-    rows = []
-    for i, attack in enumerate(ATTACKS):
-        home = tmp_path / str(i)
-        home.mkdir()
-        rows.append(_observe(attack, home))
+    rows = each_in_a_home(tmp_path, ATTACKS, _observe)
     head = "| command (EVIL: a config dir that names code) | marker created | stderr |\n"
     update_doc_table(REPO / "docs" / "faults.md", "attack", head + "|---|---|---|\n", rows)

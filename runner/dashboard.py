@@ -52,7 +52,9 @@ def dashboard_url(port: int, experiment: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.dashboard", description=__doc__)
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument(
+        "--port", type=int, default=5000, help="0: any free port (the server says which)"
+    )
     parser.add_argument("--tracking-uri", help="default: sqlite:///<this directory>/mlflow.db")
     parser.add_argument(
         "--experiment", default="runner", help="experiment to open (default: runner)"
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"the runs of experiment '{args.experiment}'"
     if found is None:  # a first sweep creates it; the root then lists it
         shown = f"no experiment '{args.experiment}' yet, so the start page"
-    print(f"MLflow dashboard: {dashboard_url(args.port, found)}  "
+    where = dashboard_url(args.port, found) if args.port else "the port the server prints below"
+    print(f"MLflow dashboard: {where}  "
           f"({shown}; store {redact(uri)}; Ctrl-C stops it)")  # fmt: skip
     sys.stdout.flush()
     command = server_command(uri, args.port)

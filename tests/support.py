@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,14 +109,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_dashboard(home: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def start_dashboard(home: Path, port: int = 0) -> tuple[str, subprocess.Popen[bytes]]:
     """`python -m runner.dashboard` (a real `mlflow server` on 127.0.0.1) on home's store,
-    created here if new; returns its URL once it answers."""
+    created here if new; returns its URL once it answers. Port 0: the server binds a free
+    port itself and says which (no port is picked here and freed for someone else to take)."""
     from mlflow import MlflowClient
 
     MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates the store
-    port = port or free_port()
-    with (home / "server.log").open("w") as log:
+    log_path = home / "server.log"
+    with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "runner.dashboard", "--port", str(port)],
             cwd=home,
@@ -123,17 +125,19 @@ def start_dashboard(home: Path, port: int | None = None) -> tuple[str, subproces
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its workers share the group, so stopping it stops all
         )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return url, process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop_dashboard(process)
-                raise RuntimeError((home / "server.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
+        bound = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+        if bound:
+            try:
+                urllib.request.urlopen(f"{bound.group(1)}/health", timeout=2)
+                return bound.group(1), process
+            except OSError:
+                pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_dashboard(process)
+            raise RuntimeError(log_path.read_text()[-3000:])
+        time.sleep(0.3)  # the server writes its address to the log: nothing to wait on
 
 
 def stop_dashboard(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:

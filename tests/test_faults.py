@@ -37,14 +37,6 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 MEASURED = REPO / "test-artifacts" / "stop-times.txt"  # for the record, not asserted tightly
 
 
-def _store(home: Path) -> MlflowClient:
-    return store(home)
-
-
-def _runs(client: MlflowClient) -> list:
-    return all_runs(client)
-
-
 def _assert_killed_with_every_row(client: MlflowClient, run_id: str, csv: Path) -> int:
     rows = pd.read_csv(csv)
     assert client.get_run(run_id).info.status == "KILLED"
@@ -83,7 +75,7 @@ def test_signal_ends_a_single_run_as_killed_within_seconds(
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["status"] == "KILLED" and result["signal"] == sig
     rows = _assert_killed_with_every_row(
-        _store(tmp_path), result["mlflow_run_id"], tmp_path / "out" / "metrics.csv"
+        store(tmp_path), result["mlflow_run_id"], tmp_path / "out" / "metrics.csv"
     )
     assert rows == result["epochs_run"] >= 3000
 
@@ -99,8 +91,8 @@ def test_sigterm_then_sigkill_10_s_later_leaves_no_run_running(tmp_path: Path) -
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate(timeout=30)
-    client = _store(tmp_path)
-    (run,) = _runs(client)
+    client = store(tmp_path)
+    (run,) = all_runs(client)
     assert run.info.status == "KILLED"
     _assert_killed_with_every_row(client, run.info.run_id, tmp_path / "out" / "metrics.csv")
 
@@ -117,7 +109,7 @@ def test_a_second_ctrl_c_still_ends_the_run_killed(tmp_path: Path) -> None:
     assert "SIGINT again: still ending the run as KILLED" in err
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     _assert_killed_with_every_row(
-        _store(tmp_path), result["mlflow_run_id"], tmp_path / "out" / "metrics.csv"
+        store(tmp_path), result["mlflow_run_id"], tmp_path / "out" / "metrics.csv"
     )
     kept = result["epochs_run"]
     assert err.strip().splitlines()[-1] == (
@@ -136,7 +128,7 @@ def test_signal_ends_a_multirun_and_its_parent_as_killed(
     err, _ = _stop(process, sig, "basic-launcher sweep,")
     assert process.returncode == 128 + sig, err
     assert "Traceback" not in err
-    client = _store(tmp_path)
+    client = store(tmp_path)
     parent_id = sweep_parent(client, (tmp_path / "sweep").resolve())
     assert client.get_run(parent_id).info.status == "KILLED"
     result = json.loads((tmp_path / "sweep" / "0" / "result.json").read_text())
@@ -144,7 +136,7 @@ def test_signal_ends_a_multirun_and_its_parent_as_killed(
         client, result["mlflow_run_id"], tmp_path / "sweep" / "0" / "metrics.csv"
     )
     assert not (tmp_path / "sweep" / "1").exists()  # the sweep stopped with its job
-    assert {r.info.status for r in _runs(client)} == {"KILLED"}
+    assert {r.info.status for r in all_runs(client)} == {"KILLED"}
     summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
     assert summary["status"].tolist() == ["KILLED"]
 
@@ -160,8 +152,8 @@ def test_signal_ends_a_joblib_sweep_with_every_child_killed(
         wait_for_rows(tmp_path / "sweep" / job / "metrics.csv", rows=2000)
     err, _ = _stop(process, sig, "joblib sweep (2 workers),")
     assert process.returncode == 128 + sig, err[-2000:]
-    client = _store(tmp_path)
-    runs = _runs(client)
+    client = store(tmp_path)
+    runs = all_runs(client)
     assert len(runs) == 3  # the parent and the two jobs that started
     assert {r.info.status for r in runs} == {"KILLED"}
 
@@ -173,7 +165,7 @@ def test_a_hard_killed_runner_leaves_no_run_running(tmp_path: Path) -> None:
     wait_for_rows(tmp_path / "out" / "metrics.csv")
     process.kill()
     process.communicate(timeout=60)  # returns once the tracking process has let go of stderr
-    (run,) = _runs(_store(tmp_path))
+    (run,) = all_runs(store(tmp_path))
     assert run.info.status == "KILLED"
     assert run.data.tags["runner.pid"] != str(process.pid)  # the tracking process wrote it
 
@@ -184,8 +176,8 @@ def test_cleanup_ends_runs_of_a_hard_killed_process_group(tmp_path: Path) -> Non
     wait_for_rows(tmp_path / "out" / "metrics.csv")
     os.killpg(process.pid, signal.SIGKILL)  # the runner and its tracking process, no goodbyes
     process.communicate(timeout=30)
-    client = _store(tmp_path)
-    (stuck,) = _runs(client)
+    client = store(tmp_path)
+    (stuck,) = all_runs(client)
     assert stuck.info.status == "RUNNING"
 
     done = subprocess.run(
@@ -202,7 +194,7 @@ def test_cleanup_ends_runs_of_a_hard_killed_process_group(tmp_path: Path) -> Non
             [sys.executable, "-m", "runner.cleanup"], cwd=tmp_path, capture_output=True, text=True
         )
         assert "runner.cleanup: 0 stale run(s)" in again.stdout
-        assert {r.info.status for r in _runs(client)} == {"KILLED", "RUNNING"}
+        assert {r.info.status for r in all_runs(client)} == {"KILLED", "RUNNING"}
     finally:
         live.send_signal(signal.SIGTERM)
         live.communicate(timeout=60)
@@ -259,8 +251,8 @@ def test_two_sweeps_at_once_on_one_new_store_lose_nothing(tmp_path: Path) -> Non
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
         assert "database is locked" not in err and "Traceback" not in err
-    client = _store(tmp_path)
-    runs = _runs(client)
+    client = store(tmp_path)
+    runs = all_runs(client)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 2 + 10 and len(children) == 10
     assert {r.info.status for r in runs} == {"FINISHED"}
@@ -287,7 +279,7 @@ def test_a_killed_tracking_process_fails_the_run_in_one_line(tmp_path: Path) -> 
     assert "ended unexpectedly" in line and "ended FAILED, the CSV keeps every epoch" in line
     rows = pd.read_csv(tmp_path / "out" / "metrics.csv")
     assert rows["epoch"].tolist() == list(range(60000))  # the CSV went on alone
-    (run,) = _runs(_store(tmp_path))
+    (run,) = all_runs(store(tmp_path))
     assert (
         run.info.status == "FAILED"
         and "ended unexpectedly" in run.data.tags["runner.tracking_error"]
@@ -350,7 +342,7 @@ def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path: 
     assert lrs == {0.01, 0.02, 0.03}
     sweep_dirs = sorted(tmp_path.glob("multirun/*/*"))
     assert len(sweep_dirs) == 2
-    client = _store(tmp_path)
+    client = store(tmp_path)
     for sweep_dir in sweep_dirs:
         summary = pd.read_csv(sweep_dir / "summary.csv")
         assert len(summary) == 2  # its own jobs only
@@ -397,7 +389,7 @@ def test_a_server_restarted_mid_sweep_costs_the_sweep_no_job(tmp_path: Path) -> 
             result = json.loads((tmp_path / "sweep" / str(job) / "result.json").read_text())
             assert (result["status"] == "FINISHED") == (result["tracking_error"] is None)
         client = MlflowClient(url)
-        assert "RUNNING" not in {r.info.status for r in _runs(client)}  # the store answers again
+        assert "RUNNING" not in {r.info.status for r in all_runs(client)}  # the store answers again
         assert client.get_run(summary.loc[1, "mlflow_run_id"]).info.status == "FAILED"
     finally:
         stop_dashboard(server)

@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from support import (
+    children,
     free_port,
     run_cli,
     runner_env,
@@ -141,21 +142,16 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     stop()
 
 
-def _children(client: MlflowClient, parent_id: str) -> list:
-    experiment = client.get_run(parent_id).info.experiment_id
-    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
-
-
 def _assert_sweep(client: MlflowClient, sweep_dir: Path, lrs: list[str], epochs: int) -> list:
     """The parent run and one FINISHED child per lr with a full history, ranked in summary.csv;
     returns the children."""
     parent_id = sweep_parent(client, sweep_dir)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    children = {c.info.run_id: c for c in _children(client, parent_id)}
-    assert len(children) == len(lrs)
-    assert sorted(c.data.params["lr"] for c in children.values()) == sorted(lrs)
-    for run_id, child in children.items():
+    kids = {c.info.run_id: c for c in children(client, parent_id)}
+    assert len(kids) == len(lrs)
+    assert sorted(c.data.params["lr"] for c in kids.values()) == sorted(lrs)
+    for run_id, child in kids.items():
         assert child.info.status == "FINISHED", child.info.run_name
         for name in ("loss", "a", "b", "grad_a", "grad_b"):
             steps = [m.step for m in client.get_metric_history(run_id, name)]
@@ -164,14 +160,14 @@ def _assert_sweep(client: MlflowClient, sweep_dir: Path, lrs: list[str], epochs:
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert len(summary) == len(lrs) and set(summary["status"]) == {"FINISHED"}
     assert summary["final_loss"].is_monotonic_increasing  # best first
-    assert set(summary["mlflow_run_id"]) == set(children)
+    assert set(summary["mlflow_run_id"]) == set(kids)
     for row in summary.itertuples():  # each row names the run that did what the row says
-        child = children[row.mlflow_run_id]
+        child = kids[row.mlflow_run_id]
         assert f"lr={child.data.params['lr']}" in row.overrides.split()
         assert child.data.metrics["final_loss"] == row.final_loss
         assert row.epochs_run == epochs
     assert parent.data.tags["best_run_id"] == summary.loc[0, "mlflow_run_id"]
-    return list(children.values())
+    return list(kids.values())
 
 
 @pytest.mark.slow

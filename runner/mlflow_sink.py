@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from dataclasses import replace
 
 import pandas as pd
 
@@ -125,7 +124,3 @@ def end_the_unended() -> None:
         _end_the_unended()
         for _, run_id, _ in _unended:
             log.error(f"runner: error: MLflow run {run_id} could not be ended (store down)")
-
-
-def with_tags(ending: Ending, tags: dict[str, str]) -> Ending:
-    return replace(ending, tags=ending.tags | tags)

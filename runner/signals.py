@@ -56,10 +56,6 @@ class Stopper:
         if not self.listening:
             raise Stop(signum)
 
-    def raise_if_stopped(self) -> None:
-        if self.stop.is_set():
-            raise Stop(self.signum)
-
     @contextmanager
     def listening_while(self, what: str) -> Iterator[None]:
         """Signals only set `stop` while the block runs: it polls and stops cleanly."""

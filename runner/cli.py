@@ -12,14 +12,18 @@ code 2, before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shlex
 import shutil
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -30,6 +34,9 @@ from runner import gate
 from runner.config import CONF_DIR, Config, ConfigError
 from runner.logs import console
 from runner.signals import Stop, install
+
+if TYPE_CHECKING:
+    from runner.run import Result, RunContext
 
 
 class Refused(BaseException):
@@ -131,32 +138,71 @@ def _hydra_main(cfg: DictConfig) -> float:
 def job(cfg: DictConfig) -> float:
     """One job: its settings (checked by the gate already), its context, its run."""
     _http_defaults()  # again: a Ray or Slurm job runs in a process that never ran main()
-    from runner.mlflow_sink import StoreUnavailable
-    from runner.run import RunContext, run  # torch is imported only now
-    from runner.sweep import PARENT_VARIABLE
+    from runner.run import run  # torch is imported only now
 
     hydra_cfg = HydraConfig.get()
     conf = OmegaConf.to_object(cfg)  # Hydra hands the job's config without its hydra node
     assert isinstance(conf, Config)
+    with _refusing(conf):
+        result = run(conf, _context(hydra_cfg))
+    return _returned(result, hydra_cfg.mode == RunMode.MULTIRUN)
+
+
+def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
+    """The jobs of a sweep, (config, Hydra's config of it) each, handed over at once by the
+    batched launcher (hydra_plugins/runner_batched), trained together where they can be
+    (runner/batch.py)."""
+    from runner.batch import run_jobs
+
+    confs = [OmegaConf.to_object(cfg) for cfg, _ in jobs]
+    ctxs = [_context(hydra_cfg, log_file=True) for _, hydra_cfg in jobs]
+    returned: list[float] = [math.inf] * len(jobs)
+    with _refusing(confs[0]):
+        for group in run_jobs(confs, ctxs):  # type: ignore[arg-type]
+            for i, result in group:
+                returned[i] = _returned(result, multirun=True)
+    return returned
+
+
+_hydra_main.run_together = run_together  # type: ignore[attr-defined]
+
+
+def _context(hydra_cfg: DictConfig, log_file: bool = False) -> RunContext:
+    """Where a job runs, from Hydra's config of it."""
+    from runner.run import RunContext
+    from runner.sweep import PARENT_VARIABLE
+
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    in_launcher = os.environ.get(MAIN_PID) == str(os.getpid())  # not a parallel worker
-    ctx = RunContext(
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    return RunContext(
         launch_dir=Path(hydra_cfg.runtime.cwd),
-        run_dir=Path(hydra_cfg.runtime.output_dir),
+        run_dir=run_dir,
         overrides=tuple(hydra_cfg.overrides.task),
         command=os.environ.get(COMMAND, "python -m runner"),
         sweep_parent=os.environ.get(PARENT_VARIABLE) or None if multirun else None,
-        owns_terminal=in_launcher,
+        owns_terminal=os.environ.get(MAIN_PID) == str(os.getpid()),  # not a parallel worker
         in_sweep=multirun,
+        log_file=run_dir / f"{hydra_cfg.job.name}.log" if log_file else None,
     )
+
+
+@contextlib.contextmanager
+def _refusing(conf: Config) -> Iterator[None]:
+    """Settings found bad only when the run starts end the command with one line."""
+    from runner.mlflow_sink import StoreUnavailable
+
     try:
-        result = run(conf, ctx)
+        yield
     except ConfigError as err:
         raise Refused(err) from None
     except StoreUnavailable as err:  # a single run: nothing is written, one line
         raise Refused(
             ConfigError("mlflow.tracking_uri", conf.mlflow.tracking_uri, str(err))
         ) from None
+
+
+def _returned(result: Result, multirun: bool) -> float:
+    """What Hydra gets back from a job: its final loss, or a stop."""
     if result.status == "KILLED":
         raise Stop(result.signal or 2)  # the sweep stops with its job
     if result.status != "FINISHED" and not multirun:

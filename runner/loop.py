@@ -1,13 +1,22 @@
 """The epoch loop: forward, loss, zero_grad, backward, step, and the per-epoch history.
 
+One loop trains a batch of members (runner/model.py): the jobs of a sweep trained
+together, or a single run as a batch of one. Each epoch is one forward pass, one loss
+and one backward pass for the whole batch; then each member's own optimizer steps that
+member's own parameters, so every member follows, bit for bit, the path it would follow
+alone. Members end on their own (their epochs, stop.tol, divergence, a failed gradient
+check); the others go on.
+
 The history stays on the device and comes back to the host one chunk at a time, so a
-run pays one host sync per chunk, not one per epoch (the last chunk brings the final
-parameters along, for the divergence check of the last step). `train` returns how the
-run ended as a value: finished, converged, diverged, failed its gradient check, stopped.
+run pays one host sync per chunk, not one per epoch (a chunk that ends a member brings
+the final parameters along, for the divergence check of its last step). `train` returns
+how each member ended as a value: finished, converged, diverged, failed its gradient
+check, stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable
@@ -31,6 +40,12 @@ class How(str, Enum):
     diverged = "diverged"  # a non-finite loss, parameter or gradient
     grad_check_failed = "grad_check_failed"  # autograd and the analytic gradient disagreed
     interrupted = "interrupted"  # a stop signal, at an epoch boundary
+    abandoned = "abandoned"  # its history could not be written (Abandon)
+
+
+class Abandon(Exception):
+    """Raised by a member's `write` when its record cannot go on (a full disk): that member
+    ends, the others train on. The message is one line."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +56,19 @@ class Outcome:
     detail: str = ""
 
 
-def history_columns(model: Linear, check_grad: bool = False) -> list[str]:
-    names = model.names()
+@dataclass(frozen=True)
+class Member:
+    """One member of a batch: what may differ between the members trained together."""
+
+    optimizer: Optimizer  # steps this member's parameters only
+    epochs: int
+    write: Callable[[pd.DataFrame], None]  # takes each chunk of this member's history
+    zero_grad: bool = True  # false keeps the last gradient, so backward() adds to it (seed 001)
+    tol: float | None = None  # stop.tol
+    check_grad: float | None = None  # the gradient check's tolerance; None: no check
+
+
+def history_columns(names: tuple[str, ...], check_grad: bool = False) -> list[str]:
     columns = ["epoch", "loss", *names, *(f"grad_{n}" for n in names)]
     return [*columns, "grad_check"] if check_grad else columns
 
@@ -50,18 +76,14 @@ def history_columns(model: Linear, check_grad: bool = False) -> list[str]:
 def train(
     model: Linear,
     loss_fn: Loss,
-    optimizer: Optimizer,
+    members: list[Member],
     x: torch.Tensor,
     y: torch.Tensor,
-    epochs: int,
-    write: Callable[[pd.DataFrame], None],
-    zero_grad: bool = True,
     chunk: int = 1000,
-    tol: float | None = None,
-    check_grad: float | None = None,
     stop: threading.Event | None = None,
-) -> Outcome:
-    """Run the epochs, hand the history to `write` every `chunk` epochs, say how it ended.
+) -> list[Outcome]:
+    """Run the epochs, hand each member's history to its `write` every `chunk` epochs (and
+    at its end), say how each member ended.
 
     Row k holds epoch k's loss, the parameters that loss was computed at (before the
     step, as seed 002 prints them) and the gradient the step then used.
@@ -70,64 +92,103 @@ def train(
     relative difference between autograd's gradient and the analytic one,
     2/N sum (y_hat - y) * x and 2/N sum (y_hat - y), computed on the device.
 
-    The loop ends early, after writing every row it keeps: at the first non-finite row
-    (diverged), at the first grad_check above its tolerance, once the loss changes by
-    less than `tol` (converged), or at the epoch boundary after `stop` is set. All but
-    the last are found on the host copy of each chunk, so they cost no extra sync; the
-    epochs a chunk ran past the end are undone by restoring the parameters from the
-    history. On Ctrl-C the rows recorded and not yet written are written first.
+    A member ends early, after writing every row it keeps: at its first non-finite row
+    (diverged), at its first grad_check above its tolerance, once its loss changes by
+    less than its `tol` (converged), or, like every member, at the epoch boundary after
+    `stop` is set. All but the last are found on the host copy of each chunk, so they
+    cost no extra sync; the epochs a chunk ran past a member's end are undone by
+    restoring its parameters from the history. On Ctrl-C the rows recorded and not yet
+    written are written first.
     """
-    params = list(model.parameters())
     names = model.names()
-    columns = history_columns(model, check_grad is not None)
-    rows = torch.empty((min(chunk, epochs), len(columns) - 1), dtype=x.dtype, device=x.device)
-    slots = rows.unbind(0)  # views of the rows: stack() writes an epoch straight into one
-    values = [p.detach() for p in params]  # views too: they follow the in-place updates
+    checking = any(m.check_grad is not None for m in members)
+    columns = history_columns(names, checking)
+    longest = max(m.epochs for m in members)
+    # [epoch in chunk, member, column]: one small device-side kernel fills an epoch's slot.
+    rows = torch.empty((min(chunk, longest), len(members), len(columns) - 1), dtype=x.dtype,
+                       device=x.device)  # fmt: skip
+    slots = rows.unbind(0)
+    active = dict.fromkeys(range(len(members)))  # members still training, in order
+    outcomes: list[Outcome | None] = [None] * len(members)
+    last_loss = [math.nan] * len(members)  # of the previous chunk, for stop.tol
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
-    last_loss = math.nan  # of the previous chunk, for the first change of this one
+    ends = {m.epochs - 1 for m in members}  # a chunk is cut where a member ends
+    target = y.expand(len(members), -1)  # a view: every member fits the same points
     try:
-        for epoch in range(epochs):
+        for epoch in range(longest):
             if stop is not None and stop.is_set():  # a cheap flag, no host sync
-                if recorded:
-                    write(_to_frame(rows[:recorded], first, columns)[0])
-                return Outcome(How.interrupted, epoch)
+                _hand_over(rows[:recorded], first, columns, members, active)
+                for j in active:
+                    outcomes[j] = Outcome(How.interrupted, epoch)
+                return outcomes  # type: ignore[return-value]
             y_hat = model(x)
-            loss = loss_fn(y_hat, y)
-            if zero_grad:  # false keeps the last gradient, so backward() adds to it (seed 001)
-                optimizer.zero_grad()
-            loss.backward()
-            row = [loss.detach(), *values, *(p.grad for p in params)]
-            if check_grad is not None:
-                row.append(_grad_error(y_hat.detach() - y, x, params))
-            # One small device-side kernel; it snapshots the parameters before step().
-            torch.stack(row, out=slots[recorded])
+            loss = loss_fn(y_hat, target)  # one loss per member
+            for j in active:
+                if members[j].zero_grad:
+                    members[j].optimizer.zero_grad()
+            # Each member's loss depends on its own parameters only: the gradient of the
+            # sum is every member's own gradient.
+            loss.sum().backward()
+            row = [loss.detach(), *(model.stacked(n).detach() for n in names)]
+            row += [torch.stack([p.grad for p in model.by_name[n]]) for n in names]
+            if checking:
+                row.append(_grad_error(y_hat.detach() - y, x, row[-len(names) :]))
+            # It snapshots the parameters before step().
+            torch.stack(row, dim=-1, out=slots[recorded])
             recorded += 1
-            optimizer.step()
-            if recorded == len(rows) or epoch == epochs - 1:
-                # The last chunk brings the final parameters along: one host sync, not two.
-                last = epoch == epochs - 1
-                final = torch.stack([p.detach() for p in params]) if last else None
-                frame, final_values = _to_frame(rows[:recorded], first, columns, final)
-                first, recorded = epoch + 1, 0  # handed over below, whatever happens there
-                ending = _first_stop(frame, last_loss, tol, check_grad)
-                if ending is not None:
-                    return _end_early(frame, *ending, params, names, write)
-                write(frame)
-                if last and not np.isfinite(final_values).all():
-                    return Outcome(How.diverged, epochs, epochs, "the last step overflowed")
-                last_loss = frame["loss"].iloc[-1]
+            for j in active:
+                members[j].optimizer.step()
+            if recorded == len(rows) or epoch in ends:
+                # A member's last chunk brings the final parameters along: one sync, not two.
+                final = torch.stack([model.stacked(n).detach() for n in names], dim=-1)
+                values, finals = _to_host(rows[:recorded], final)
+                start, first, recorded = first, epoch + 1, 0  # handed over below, come what may
+                for j in list(active):
+                    frame = _frame(values[:, j], start, columns, members[j])
+                    params = dict(zip(names, model.member(j), strict=True))
+                    try:
+                        outcome = _after_chunk(frame, finals[j], epoch, members[j],
+                                               last_loss[j], params)  # fmt: skip
+                    except Abandon as err:
+                        outcome = Outcome(How.abandoned, start, epoch, str(err))
+                    if outcome is not None:
+                        outcomes[j] = outcome
+                        del active[j]
+                    else:
+                        last_loss[j] = frame["loss"].iloc[-1]
+                if not active:
+                    break
     except KeyboardInterrupt:
-        if recorded:  # the completed epochs of the unfinished chunk
-            write(_to_frame(rows[:recorded], first, columns)[0])
+        _hand_over(rows[:recorded], first, columns, members, active)  # the unfinished chunk
         raise
-    return Outcome(How.finished, epochs)
+    return outcomes  # type: ignore[return-value]
 
 
-def _grad_error(residual: torch.Tensor, x: torch.Tensor, params: list) -> torch.Tensor:
-    """Largest |autograd - analytic| / (1 + |analytic|) over the parameters, on the device."""
-    analytic = [2 * (residual * x).mean(), 2 * residual.mean()][: len(params)]
-    errors = [(p.grad - g).abs() / (1 + g.abs()) for p, g in zip(params, analytic, strict=True)]
-    return torch.stack(errors).max()
+def _after_chunk(
+    frame: pd.DataFrame,
+    final: np.ndarray,
+    epoch: int,
+    member: Member,
+    last_loss: float,
+    params: dict[str, torch.nn.Parameter],
+) -> Outcome | None:
+    """Hand a member its chunk; its Outcome if the chunk ended it, else None."""
+    ending = _first_stop(frame, last_loss, member.tol, member.check_grad)
+    if ending is not None:
+        return _end_early(frame, *ending, params, member.write)
+    member.write(frame)
+    if epoch == member.epochs - 1:
+        if not np.isfinite(final).all():
+            return Outcome(How.diverged, member.epochs, member.epochs, "the last step overflowed")
+        return Outcome(How.finished, member.epochs)
+    return None
+
+
+def _grad_error(residual: torch.Tensor, x: torch.Tensor, grads: list) -> torch.Tensor:
+    """Each member's largest |autograd - analytic| / (1 + |analytic|), on the device."""
+    analytic = [2 * (residual * x).mean(dim=-1), 2 * residual.mean(dim=-1)][: len(grads)]
+    errors = [(g - a).abs() / (1 + a.abs()) for g, a in zip(grads, analytic, strict=True)]
+    return torch.stack(errors).amax(dim=0)
 
 
 def _first_stop(
@@ -154,11 +215,10 @@ def _end_early(
     frame: pd.DataFrame,
     stop: int,
     how: How,
-    params: list[torch.nn.Parameter],
-    names: tuple[str, ...],
+    params: dict[str, torch.nn.Parameter],
     write: Callable[[pd.DataFrame], None],
 ) -> Outcome:
-    """Write the rows the run keeps, and leave the model as the stopping epoch left it."""
+    """Write the rows the member keeps, and leave its parameters as its stopping epoch did."""
     epoch = int(frame["epoch"].iloc[stop])
     kept = frame.iloc[:stop] if how == How.diverged else frame.iloc[: stop + 1]
     if len(kept):
@@ -172,17 +232,36 @@ def _end_early(
     if how == How.converged and stop + 1 < len(frame):
         # The parameters after step `stop` are the ones row stop + 1 was computed at.
         with torch.no_grad():
-            for p, name in zip(params, names, strict=True):
+            for name, p in params.items():
                 p.fill_(float(frame[name].iloc[stop + 1]))
     return Outcome(how, epochs, epoch)
 
 
-def _to_frame(
-    rows: torch.Tensor, first: int, columns: list[str], final: torch.Tensor | None = None
-) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """The chunk as a table, and `final` (the parameters after the last step) on the host."""
-    both = rows.reshape(-1) if final is None else torch.cat([rows.reshape(-1), final])
+def _hand_over(
+    rows: torch.Tensor, first: int, columns: list[str], members: list[Member], active: dict
+) -> None:
+    """On a stop: give each training member the rows recorded and not yet written."""
+    if len(rows):
+        values = _to_host(rows)[0]
+        for j in active:
+            with contextlib.suppress(Abandon):  # stopping anyway: its sinks say what they kept
+                members[j].write(_frame(values[:, j], first, columns, members[j]))
+
+
+def _to_host(
+    rows: torch.Tensor, final: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The chunk [epochs, members, columns] and the final parameters, on the host."""
+    both = rows.reshape(-1) if final is None else torch.cat([rows.reshape(-1), final.reshape(-1)])
     values = both.cpu().double().numpy()  # the one host sync of this chunk
-    frame = pd.DataFrame(values[: rows.numel()].reshape(rows.shape), columns=columns[1:])
+    chunk = values[: rows.numel()].reshape(rows.shape)
+    return chunk, None if final is None else values[rows.numel() :].reshape(final.shape)
+
+
+def _frame(values: np.ndarray, first: int, columns: list[str], member: Member) -> pd.DataFrame:
+    """A member's rows of a chunk as its table (without grad_check if it has no check)."""
+    frame = pd.DataFrame(values, columns=columns[1:])
+    if member.check_grad is None and "grad_check" in frame:
+        frame = frame.drop(columns="grad_check")
     frame.insert(0, "epoch", range(first, first + len(frame)))
-    return frame, None if final is None else values[rows.numel() :]
+    return frame

@@ -1,4 +1,10 @@
-"""The model: y = a*x + b, or y = a*x without the bias (seed 000's theta)."""
+"""The model: y = a*x + b, or y = a*x without the bias (seed 000's theta), for a batch.
+
+A batch holds one model per job trained together (runner/batch.py); a single run is a
+batch of one. Each member's a and b are scalar parameters of their own, so each member's
+optimizer steps exactly the tensors a single run would step; the forward pass stacks
+them into vectors of shape [members] and computes every member's prediction at once.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,48 @@ from runner.config import ModelConfig
 
 
 class Linear(torch.nn.Module):
-    """Scalar parameters a (and b), so the history records them by name."""
-
     def __init__(self, a: torch.Tensor, b: torch.Tensor | None) -> None:
+        """a and b: one value per member, shape [members]."""
         super().__init__()
-        self.a = torch.nn.Parameter(a)
-        self.b = None if b is None else torch.nn.Parameter(b)
+        self.a = torch.nn.ParameterList(torch.nn.Parameter(v) for v in a.clone().unbind())
+        self.b = None
+        if b is not None:
+            self.b = torch.nn.ParameterList(torch.nn.Parameter(v) for v in b.clone().unbind())
+        # Plain lists of the same tensors: ParameterList's indexing costs a lookup each time.
+        self.by_name = {"a": list(self.a), **({"b": list(self.b)} if b is not None else {})}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.b is None:
-            return self.a * x
-        return self.a * x + self.b
+        """x: [points] -> predictions [members, points]."""
+        y = self.stacked("a")[:, None] * x
+        return y if self.b is None else y + self.stacked("b")[:, None]
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """Parameter `name` of every member, shape [members] (autograd flows back to each)."""
+        return torch.stack(self.by_name[name])
 
     def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.named_parameters())
+        return tuple(self.by_name)
+
+    def member(self, j: int) -> list[torch.nn.Parameter]:
+        """Member j's own parameters, for its optimizer."""
+        return [params[j] for params in self.by_name.values()]
+
+    def __len__(self) -> int:
+        return len(self.by_name["a"])
 
 
-def build_model(cfg: ModelConfig, device: torch.device) -> Linear:
-    """The model on the device. Random init draws a, then b, from torch's seeded generator."""
+def initial(cfg: ModelConfig, seed: int) -> tuple[float, float]:
+    """A member's start (a, b). Random init draws a, then b, from torch's generator seeded
+    with the run's seed, on the CPU, so a seed gives the same start on every device."""
     if cfg.init == "random":
-        # Drawn on the CPU so a seed gives the same start on every device.
-        a, b = torch.randn(()), torch.randn(())
-    else:
-        a, b = torch.tensor(cfg.a), torch.tensor(cfg.b)
-    return Linear(a.to(device), b.to(device) if cfg.bias else None)
+        generator = torch.Generator().manual_seed(seed)
+        a, b = torch.randn((), generator=generator), torch.randn((), generator=generator)
+        return a.item(), b.item()
+    return cfg.a, cfg.b
+
+
+def build_model(cfgs: list[ModelConfig], seeds: list[int], device: torch.device) -> Linear:
+    """One member per config (they share `bias`), on the device."""
+    starts = torch.tensor([initial(cfg, seed) for cfg, seed in zip(cfgs, seeds, strict=True)])
+    a, b = starts[:, 0].to(device), starts[:, 1].to(device)
+    return Linear(a, b if cfgs[0].bias else None)

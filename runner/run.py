@@ -8,11 +8,13 @@ closed with how the run ended, so no MLflow run stays RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,14 +26,14 @@ from omegaconf import OmegaConf
 from runner.analysis import Optimum, add_distances, optimum
 from runner.config import Config, ConfigError
 from runner.data import load_arrays, to_tensors
-from runner.loop import How, Outcome, history_columns, train
+from runner.loop import How, Member, Outcome, history_columns, train
 from runner.losses import Loss, build_loss
 from runner.mlflow_sink import MlflowSink, StoreUnavailable
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
 from runner.provenance import record
 from runner.signals import STOPPER
-from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink, SinkError
+from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
 from runner.store import default_tracking_uri, run_name, server_problem
 from runner.tracking import Ending, RunSpec
 
@@ -49,31 +51,35 @@ class RunContext:
     sweep_parent: str | None = None  # the sweep's MLflow run: this run is its child
     owns_terminal: bool = True  # console lines and a progress bar (not in parallel workers)
     in_sweep: bool = False  # plots=null draws a single run's pictures, not a sweep job's
+    log_file: Path | None = None  # its own log, where no launcher set one up (a batch)
 
 
 @dataclass
 class Setup:
-    model: Linear
+    """What the members of a batch share, and each member's model and optimizer."""
+
+    model: Linear  # one member per job (runner/model.py)
     loss_fn: Loss
-    optimizer: Optimizer
+    optimizers: list[Optimizer]  # member j's, stepping member j's parameters only
     x: torch.Tensor
     y: torch.Tensor
     points: tuple[np.ndarray, np.ndarray]  # the same data on the host, for the analysis
     best: Optimum  # the exact least-squares solution of this data
 
 
-def build(conf: Config, launch_dir: Path | None) -> Setup:
-    """Data tensors, model, loss and optimizer on the configured device."""
+def build(confs: list[Config], launch_dir: Path | None) -> Setup:
+    """Data tensors, model, loss and optimizers on the configured device, for jobs that
+    share their data, model kind, loss, optimizer kind and device (runner/batch.py)."""
+    conf = confs[0]
     device = resolve_device(conf.device)
     if conf.deterministic:
         torch.use_deterministic_algorithms(True)
-    torch.manual_seed(conf.seed)  # before the model: a random init draws from it
     points = load_arrays(conf.data, conf.seed, launch_dir or Path.cwd())
     x, y = to_tensors(*points, device)
-    model = build_model(conf.model, device)
+    model = build_model([c.model for c in confs], [c.seed for c in confs], device)
     loss_fn = build_loss(conf.loss.name)
-    optimizer = build_optimizer(conf.optimizer, model.parameters(), conf.lr)
-    return Setup(model, loss_fn, optimizer, x, y, points, optimum(*points, conf.model.bias))
+    optimizers = [build_optimizer(c.optimizer, model.member(j), c.lr) for j, c in enumerate(confs)]
+    return Setup(model, loss_fn, optimizers, x, y, points, optimum(*points, conf.model.bias))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,78 +111,125 @@ class Result:
 
 
 def run(conf: Config, ctx: RunContext) -> Result:
-    """Train once, feed the sinks, and say how it ended."""
-    s = build(conf, ctx.launch_dir)
-    _warn_if_unstable(conf, s.best)
-    csv_path = ctx.run_dir / "metrics.csv"
-    # The store first: a run whose store cannot be opened writes nothing at all.
-    mlflow = _open_mlflow(conf, s, ctx)
-    check = conf.check_grad_tol if conf.check_grad else None
-    columns = [*history_columns(s.model, check is not None), "gap", "distance"]
-    sinks: list[Sink] = [
-        CsvSink(csv_path, columns),
-        *([mlflow] if mlflow and mlflow.run_id else []),
-    ]
-    if ctx.owns_terminal and conf.print_every > 0:
-        sinks.append(ConsoleSink(conf.print_every))
-    if ctx.owns_terminal and conf.progress and os.isatty(2):
-        sinks.append(ProgressSink(conf.epochs))
-    result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=s.best.stable_lr_max,
-                    optimum_loss=s.best.loss, mlflow_run_id=mlflow and mlflow.run_id)  # fmt: skip
+    """Train once, feed the sinks, and say how it ended: a batch of one."""
+    return run_batch([conf], [ctx])[0]
 
-    def write(chunk: pd.DataFrame) -> None:
-        chunk = add_distances(chunk, s.best)
-        for sink in sinks:  # the CSV first: the record that must never miss a row
-            sink.write(chunk)
-        result.epochs_run += len(chunk)
 
-    ending = Ending("FAILED")
-    try:
-        for sink in sinks:
-            if sink is not mlflow:  # (the MLflow run is open already)
+class JobRun:
+    """One job of a batch: its sinks, its Result, and how its MLflow run ends."""
+
+    def __init__(self, conf: Config, ctx: RunContext, s: Setup, alone: bool) -> None:
+        self.conf, self.ctx, self.best = conf, ctx, s.best
+        self.csv_path = ctx.run_dir / "metrics.csv"
+        self.mlflow: MlflowSink | None = None
+        self.sinks: list[Sink] = []
+        self.alone = alone  # a batch of one: the console and the progress bar are its own
+        self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=s.best.stable_lr_max,
+                             optimum_loss=s.best.loss)  # fmt: skip
+        self.ending = Ending("FAILED")
+
+    def open_store(self, s: Setup) -> None:
+        """The store first: a run whose store cannot be opened writes nothing at all."""
+        self.mlflow = _open_mlflow(self.conf, s, self.ctx)
+        self.result.mlflow_run_id = self.mlflow and self.mlflow.run_id
+
+    def open_sinks(self, s: Setup) -> None:
+        check = self.conf.check_grad
+        columns = [*history_columns(s.model.names(), check), "gap", "distance"]
+        self.sinks = [
+            CsvSink(self.csv_path, columns)
+        ]  # first: the record that must never miss a row
+        if self.mlflow and self.mlflow.run_id:
+            self.sinks.append(self.mlflow)
+        if self.alone and self.ctx.owns_terminal and self.conf.print_every > 0:
+            self.sinks.append(ConsoleSink(self.conf.print_every))
+        if self.alone and self.ctx.owns_terminal and self.conf.progress and os.isatty(2):
+            self.sinks.append(ProgressSink(self.conf.epochs))
+        for sink in self.sinks:
+            if sink is not self.mlflow:  # (the MLflow run is open already)
                 sink.open()
-        where = f"the run ends KILLED, MLflow holding every epoch of {csv_path}"
+
+    def member(self, optimizer: Optimizer) -> Member:
+        conf = self.conf
+        check = conf.check_grad_tol if conf.check_grad else None
+        return Member(optimizer, conf.epochs, self.write, conf.zero_grad, conf.stop.tol, check)
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        chunk = add_distances(chunk, self.best)
+        for sink in self.sinks:  # the CSV first: a full disk stops the row everywhere
+            sink.write(chunk)
+        self.result.epochs_run += len(chunk)
+
+    def fail(self, err: BaseException) -> None:
+        """Outside training: a stop between jobs (KILLED), or an error (FAILED)."""
+        if isinstance(err, KeyboardInterrupt):
+            self.result.status, self.result.signal = "KILLED", getattr(err, "signum", 2)
+            self.ending = Ending("KILLED")
+        else:
+            self.result.failure = f"{type(err).__name__}: {err}"[:500]
+            self.ending = Ending("FAILED", tags={"runner.error": self.result.failure})
+
+    def close(self) -> None:
+        """Every sink closed with the ending (the CSV first: whole before MLflow logs it)."""
+        for sink in self.sinks:
+            sink.close(self.ending)
+        if self.mlflow is not None and self.mlflow.error:
+            self.result.tracking_error = self.mlflow.error
+            if self.result.status == "FINISHED":  # the store failed: the run is not whole
+                self.result.status = "FAILED"
+                self.result.failure = f"MLflow failed: {self.mlflow.error}"
+        _write_result(self.ctx.run_dir, self.result)
+
+
+def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
+    """Train jobs that share data, model kind, loss, optimizer kind and device as one batch
+    (a single run is a batch of one); feed each its sinks; say how each ended."""
+    s = build(confs, ctxs[0].launch_dir)
+    jobs = [JobRun(c, ctx, s, alone=len(confs) == 1) for c, ctx in zip(confs, ctxs, strict=True)]
+    for job in jobs:
+        _warn_if_unstable(job.conf, s.best)
+    opened: list[JobRun] = []
+    try:
+        for job in jobs:
+            job.open_store(s)
+            opened.append(job)  # from here on, it is closed whatever happens
+            job.open_sinks(s)
+        members = [job.member(opt) for job, opt in zip(jobs, s.optimizers, strict=True)]
+        where = "its runs end KILLED, MLflow holding every epoch of their CSVs"
+        if len(jobs) == 1:
+            where = f"the run ends KILLED, MLflow holding every epoch of {jobs[0].csv_path}"
         with STOPPER.listening_while(where):
-            outcome = train(
-                s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, write,
-                conf.zero_grad, conf.chunk, conf.stop.tol, check, STOPPER.stop,
-            )  # fmt: skip
-        ending = _conclude(outcome, conf, s, ctx, csv_path, result)
-    except SinkError as err:  # the CSV cannot be written (a full disk): the run fails
-        result.failure = str(err)
-        ending = Ending("FAILED", tags={"runner.error": result.failure})
-    except KeyboardInterrupt as err:  # Ctrl-C outside the loop, or a Stop between jobs
-        result.status, result.signal = "KILLED", getattr(err, "signum", 2)
-        ending = Ending("KILLED")
-        raise
+            outcomes = train(s.model, s.loss_fn, members, s.x, s.y, confs[0].chunk, STOPPER.stop)
+        finals = _final_metrics(s)
+        for j, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
+            job.ending = _conclude(outcome, job, s, finals[j])
     except BaseException as err:
-        result.failure = f"{type(err).__name__}: {err}"[:500]
-        ending = Ending("FAILED", tags={"runner.error": result.failure})
+        for job in opened:
+            job.fail(err)
         raise
     finally:
-        for sink in sinks:  # the CSV first: complete before MLflow logs it as an artifact
-            sink.close(ending)
-        if mlflow is not None and mlflow.error:
-            result.tracking_error = mlflow.error
-            if result.status == "FINISHED":  # the store failed: the run is not whole
-                result.status, result.failure = "FAILED", f"MLflow failed: {mlflow.error}"
-        _write_result(ctx.run_dir, result)
-    _print_summary(conf, result, s.best, csv_path, mlflow)
-    return result
+        for job in opened:
+            job.close()
+    for job in jobs:
+        with _job_log(job.ctx.log_file):
+            _print_summary(job.conf, job.result, s.best, job.csv_path, job.mlflow)
+    return [job.result for job in jobs]
 
 
-def _conclude(
-    outcome: Outcome, conf: Config, s: Setup, ctx: RunContext, csv_path: Path, result: Result
-) -> Ending:
-    """The Result and the MLflow ending of a run that trained to one of its ends."""
+def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) -> Ending:
+    """The Result and the MLflow ending of a job that trained to one of its ends."""
+    result, conf = job.result, job.conf
     if outcome.how == How.interrupted:
         result.status, result.signal = "KILLED", STOPPER.signum
         return Ending("KILLED")
+    if outcome.how == How.abandoned:  # its CSV could not be written (a full disk)
+        result.failure = outcome.detail
+        return Ending("FAILED", tags={"runner.error": outcome.detail})
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(conf))
     finished = outcome.how in (How.finished, How.converged)
-    final = _final_metrics(s) if finished else None
-    plots = conf.plots if conf.plots is not None else not ctx.in_sweep
-    files = [str(csv_path), *map(str, _plots(csv_path, s, final) if plots else [])]
+    plots = conf.plots if conf.plots is not None else not job.ctx.in_sweep
+    pictures = _plots(job.csv_path, s, final if finished else None) if plots else []
+    files = [str(job.csv_path), *map(str, pictures)]
     texts = {"config.yaml": config_yaml}
     if outcome.how == How.diverged:
         result.status, result.diverged_at_epoch = "DIVERGED", outcome.at_epoch
@@ -186,7 +239,6 @@ def _conclude(
         result.failure = outcome.detail
         tags = {"grad_check_failed": "true", "grad_check_failed_at_epoch": str(outcome.at_epoch)}
         return Ending("FAILED", tags=tags, files=files, texts=texts)
-    assert final is not None
     tags = {}
     if outcome.how == How.converged:
         result.converged_at_epoch = outcome.at_epoch
@@ -226,14 +278,20 @@ def _open_mlflow(conf: Config, s: Setup, ctx: RunContext) -> MlflowSink | None:
     return sink
 
 
-def _final_metrics(s: Setup) -> dict[str, float]:
-    """The loss at the parameters the last step produced, and those parameters."""
+def _final_metrics(s: Setup) -> list[dict[str, float]]:
+    """Each member's loss at the parameters its last step produced, and those parameters."""
     with torch.no_grad():
-        final = {"final_loss": s.loss_fn(s.model(s.x), s.y).item()}  # one host sync, once
-    final |= {f"final_{name}": p.item() for name, p in s.model.named_parameters()}
-    final["final_gap"] = final["final_loss"] - s.best.loss
-    squares = sum((final[f"final_{n}"] - v) ** 2 for n, v in s.best.params.items())
-    return final | {"final_distance": math.sqrt(squares)}
+        y_hat = s.model(s.x)
+        losses = s.loss_fn(y_hat, s.y.expand_as(y_hat)).tolist()  # one host sync, once
+    names = s.model.names()
+    values = torch.stack([s.model.stacked(n).detach() for n in names], dim=-1).tolist()
+    finals = []
+    for loss, params in zip(losses, values, strict=True):
+        final = {"final_loss": loss} | {f"final_{n}": v for n, v in zip(names, params, strict=True)}
+        final["final_gap"] = loss - s.best.loss
+        squares = sum((final[f"final_{n}"] - v) ** 2 for n, v in s.best.params.items())
+        finals.append(final | {"final_distance": math.sqrt(squares)})
+    return finals
 
 
 def _plots(csv_path: Path, s: Setup, final: dict[str, float] | None) -> list[Path]:
@@ -261,6 +319,22 @@ def _warn_if_unstable(conf: Config, best: Optimum) -> None:
             "stable step for plain gradient descent on this data (2 / largest eigenvalue of the "
             "loss's Hessian): expect it to diverge"
         )
+
+
+@contextlib.contextmanager
+def _job_log(path: Path | None) -> Iterator[None]:
+    """While it lasts, the runner's lines also go to the job's own log file."""
+    if path is None:
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def _write_result(run_dir: Path, result: Result) -> None:

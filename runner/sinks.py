@@ -15,6 +15,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from runner.loop import Abandon
 from runner.tracking import Ending
 
 log = logging.getLogger("runner")
@@ -26,8 +27,9 @@ class Sink(Protocol):
     def close(self, ending: Ending) -> None: ...
 
 
-class SinkError(RuntimeError):
-    """A sink that must not miss a row (the CSV) could not write; the message is one line."""
+class SinkError(Abandon):
+    """A sink that must not miss a row (the CSV) could not write; the message is one line.
+    The loop ends that run (FAILED), and the runs trained with it go on."""
 
 
 class CsvSink:

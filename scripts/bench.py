@@ -120,17 +120,18 @@ RUNNER_CUDA_LOOP = """
 import sys, time, warnings, torch
 from pathlib import Path
 from runner import gate
-from runner.loop import train
+from runner.loop import Member, train
 from runner.run import build
 n, epochs = int(sys.argv[1]), int(sys.argv[2])
 overrides = ["device=cuda", "data=synthetic", f"data.n={n}", f"epochs={epochs}", "optimizer=sgd"]
 conf = gate.typed(gate.compose_checked(overrides, {}))
 def epoch_loop(conf, s):
     chunks = []
-    train(s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, chunks.append, chunk=conf.chunk)
+    member = Member(s.optimizers[0], conf.epochs, chunks.append)
+    train(s.model, s.loss_fn, [member], s.x, s.y, conf.chunk)
     return chunks
 # Pass 1, untimed: warms the kernels up and counts host syncs with torch's checker on.
-s = build(conf, Path.cwd())
+s = build([conf], Path.cwd())
 torch.cuda.set_sync_debug_mode("warn")
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -138,7 +139,7 @@ with warnings.catch_warnings(record=True) as caught:
 torch.cuda.set_sync_debug_mode(0)
 syncs = sum("synchroniz" in str(w.message) for w in caught)
 # Pass 2, timed, with the checker off (it slows every operation down).
-s = build(conf, Path.cwd())
+s = build([conf], Path.cwd())
 torch.cuda.synchronize()
 start = time.perf_counter()
 for _ in epoch_loop(conf, s):

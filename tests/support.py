@@ -33,14 +33,13 @@ def make_config(*overrides: str) -> Config:
 
 def train_setup(s: object, conf: Config, **kwargs: object) -> tuple[pd.DataFrame, object]:
     """Train a built Setup with the config's settings; the whole history and the Outcome."""
-    from runner.loop import train
+    from runner.loop import Member, train
 
     chunks: list[pd.DataFrame] = []
     check = conf.check_grad_tol if conf.check_grad else None
-    settings = dict(zero_grad=conf.zero_grad, chunk=conf.chunk, tol=conf.stop.tol,
-                    check_grad=check) | kwargs  # fmt: skip
-    outcome = train(s.model, s.loss_fn, s.optimizer, s.x, s.y, conf.epochs, chunks.append,
-                    **settings)  # fmt: skip
+    member = Member(s.optimizers[0], conf.epochs, chunks.append, conf.zero_grad, conf.stop.tol,
+                    check)  # fmt: skip
+    (outcome,) = train(s.model, s.loss_fn, [member], s.x, s.y, conf.chunk, **kwargs)
     history = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
     return history, outcome
 
@@ -50,7 +49,7 @@ def train_history(*overrides: str) -> tuple[pd.DataFrame, object]:
     from runner.run import build
 
     conf = make_config(*overrides)
-    s = build(conf, Path.cwd())
+    s = build([conf], Path.cwd())
     return train_setup(s, conf)[0], s
 
 

@@ -12,7 +12,7 @@ import torch
 from support import make_config, train_history
 
 from runner.analysis import add_distances, optimum
-from runner.loop import How, train
+from runner.loop import How, Member, train
 from runner.plots import run_plots
 from runner.run import RunContext, build, run
 
@@ -58,13 +58,14 @@ def test_gradient_check_agrees_with_autograd() -> None:
 
 def test_gradient_check_fails_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = make_config("experiment=seed_002", "check_grad=true")
-    s = build(conf, None)
+    s = build([conf], None)
 
     def doubled(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return 2 * ((y_hat - y) ** 2).mean()  # its gradient is twice the analytic one
+        return 2 * ((y_hat - y) ** 2).mean(dim=-1)  # its gradient is twice the analytic one
 
     rows: list[pd.DataFrame] = []
-    outcome = train(s.model, doubled, s.optimizer, s.x, s.y, 10, rows.append, check_grad=1e-4)
+    member = Member(s.optimizers[0], 10, rows.append, check_grad=1e-4)
+    (outcome,) = train(s.model, doubled, [member], s.x, s.y)
     # Epoch 0 of seed 002: analytic grad_a = 20/3, autograd twice that: |20/3| / (1 + 20/3).
     assert outcome.how == How.grad_check_failed and outcome.at_epoch == 0
     assert rows[0]["grad_check"].iloc[0] == pytest.approx(20 / 23, rel=1e-6)
@@ -86,7 +87,7 @@ def test_unstable_lr_is_warned_before_training(
 def test_plots_are_written_and_not_empty(tmp_path: Path) -> None:
     for overrides, name in [(("experiment=seed_002",), "ab"), (("experiment=seed_000",), "theta")]:
         hist, s = train_history(*overrides)
-        final = {n: p.item() for n, p in s.model.named_parameters()}
+        final = {n: p.item() for n, p in zip(s.model.names(), s.model.member(0), strict=True)}
         out = tmp_path / name
         out.mkdir()
         paths = run_plots(add_distances(hist, s.best), *s.points, s.best, final, out)

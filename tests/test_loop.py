@@ -11,7 +11,8 @@ import pytest
 import torch
 from support import make_config, train_history, train_setup
 
-from runner.loop import How, train
+from runner.loop import How, Member, train
+from runner.losses import manual_mse
 from runner.model import Linear
 from runner.run import build
 
@@ -41,7 +42,7 @@ def test_seed_000_one_step_of_theta(loss: str, optimizer: str) -> None:
     assert hist.loc[0, "loss"] == 1.0
     assert hist.loc[0, "grad_a"] == -4.0
     assert hist.loc[0, "a"] == 1.0
-    assert s.model.a.item() == np.float32(1.4)
+    assert s.model.a[0].item() == np.float32(1.4)
 
 
 def test_seed_002_first_step() -> None:
@@ -75,9 +76,9 @@ def test_all_four_ways_give_the_same_trajectory_bit_for_bit() -> None:
 
 
 def _fresh_gradient(a: float, b: float, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    model = Linear(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32))
+    model = Linear(torch.tensor([a], dtype=torch.float32), torch.tensor([b], dtype=torch.float32))
     ((model(x) - y) ** 2).mean().backward()
-    return np.array([model.a.grad.item(), model.b.grad.item()], dtype=np.float32)
+    return np.array([model.a[0].grad.item(), model.b[0].grad.item()], dtype=np.float32)
 
 
 @pytest.mark.parametrize("optimizer", ["manual", "sgd"])
@@ -104,11 +105,11 @@ def test_default_zero_grad_records_fresh_gradients(optimizer: str) -> None:
 
 @pytest.mark.parametrize(("epochs", "chunk"), [(10, 3), (10, 10), (10, 1000), (1, 1)])
 def test_chunks_cover_every_epoch_once(epochs: int, chunk: int) -> None:
-    model = Linear(torch.tensor(1.0), torch.tensor(1.0))
+    model = Linear(torch.tensor([1.0]), torch.tensor([1.0]))
     x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.5, 2.0])
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     chunks: list[pd.DataFrame] = []
-    outcome = train(model, torch.nn.MSELoss(), opt, x, y, epochs, chunks.append, chunk=chunk)
+    (outcome,) = train(model, manual_mse, [Member(opt, epochs, chunks.append)], x, y, chunk)
     assert outcome.how == How.finished and outcome.epochs == epochs
     assert [len(c) for c in chunks] == [min(chunk, epochs - i) for i in range(0, epochs, chunk)]
     assert pd.concat(chunks)["epoch"].tolist() == list(range(epochs))
@@ -118,14 +119,14 @@ def test_final_parameters_are_after_the_last_step() -> None:
     hist, s = train_history("experiment=seed_002", "epochs=3")
     a2, b2, ga, gb = hist.loc[2, ["a", "b", "grad_a", "grad_b"]].to_numpy(dtype=np.float32)
     lr = np.float32(0.05)
-    assert s.model.a.item() == a2 - lr * ga
-    assert s.model.b.item() == b2 - lr * gb
+    assert s.model.a[0].item() == a2 - lr * ga
+    assert s.model.b[0].item() == b2 - lr * gb
 
 
 @pytest.mark.parametrize("chunk", [5, 1000])
 def test_divergence_keeps_the_finite_rows_and_stops(chunk: int) -> None:
     conf = make_config("experiment=seed_002", "lr=1.5", f"chunk={chunk}")
-    history, outcome = train_setup(build(conf, None), conf)
+    history, outcome = train_setup(build([conf], None), conf)
     assert outcome.how == How.diverged and outcome.at_epoch == 16 and outcome.epochs == 16
     assert history["epoch"].tolist() == list(range(16))
     assert np.isfinite(history.to_numpy()).all()
@@ -134,7 +135,7 @@ def test_divergence_keeps_the_finite_rows_and_stops(chunk: int) -> None:
 def test_a_loss_that_is_not_finite_at_epoch_0_diverges_at_0() -> None:
     conf = make_config("data.x=[1e20,2e20]", "data.y=[0,0]", "data.true_a=null",
                        "data.true_b=null")  # fmt: skip
-    history, outcome = train_setup(build(conf, None), conf)
+    history, outcome = train_setup(build([conf], None), conf)
     assert outcome.how == How.diverged and outcome.at_epoch == 0 and outcome.epochs == 0
     assert history.empty
 
@@ -145,17 +146,17 @@ def test_tolerance_stops_at_the_first_small_change_with_exact_parameters(chunk: 
     change = full["loss"].diff().abs()
     k = int(np.flatnonzero(change < 1e-4)[0])
     conf = make_config("experiment=seed_002", "stop.tol=1e-4", f"chunk={chunk}")
-    s = build(conf, None)
+    s = build([conf], None)
     kept, outcome = train_setup(s, conf)
     assert outcome.how == How.converged and outcome.at_epoch == k
     pd.testing.assert_frame_equal(kept, full.iloc[: k + 1])
     # The model holds the parameters after step k, as if it had stopped right there.
-    assert (s.model.a.item(), s.model.b.item()) == tuple(full.loc[k + 1, ["a", "b"]])
+    assert (s.model.a[0].item(), s.model.b[0].item()) == tuple(full.loc[k + 1, ["a", "b"]])
 
 
 def test_a_stop_request_ends_at_an_epoch_boundary_with_every_row() -> None:
     conf = make_config("experiment=seed_002", "chunk=5", "epochs=50")
-    s = build(conf, None)
+    s = build([conf], None)
     stop = threading.Event()
     calls = 0
 
@@ -164,7 +165,7 @@ def test_a_stop_request_ends_at_an_epoch_boundary_with_every_row() -> None:
         calls += 1
         if calls == 13:  # during epoch 12: the loop stops before epoch 13
             stop.set()
-        return ((y_hat - y) ** 2).mean()
+        return manual_mse(y_hat, y)
 
     s.loss_fn = loss_then_stop
     kept, outcome = train_setup(s, conf, stop=stop)
@@ -173,7 +174,7 @@ def test_a_stop_request_ends_at_an_epoch_boundary_with_every_row() -> None:
 
 
 def test_interrupt_hands_out_the_completed_epochs_first() -> None:
-    s = build(make_config("experiment=seed_002"), None)
+    s = build([make_config("experiment=seed_002")], None)
     calls = 0
 
     def loss_then_ctrl_c(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -181,11 +182,11 @@ def test_interrupt_hands_out_the_completed_epochs_first() -> None:
         calls += 1
         if calls == 14:  # during epoch 13
             raise KeyboardInterrupt
-        return ((y_hat - y) ** 2).mean()
+        return manual_mse(y_hat, y)
 
     kept: list[pd.DataFrame] = []
     with pytest.raises(KeyboardInterrupt):
-        train(s.model, loss_then_ctrl_c, s.optimizer, s.x, s.y, 50, kept.append, chunk=5)
+        train(s.model, loss_then_ctrl_c, [Member(s.optimizers[0], 50, kept.append)], s.x, s.y, 5)
     assert [len(f) for f in kept] == [5, 5, 3]
     assert pd.concat(kept)["epoch"].tolist() == list(range(13))
 

@@ -3,6 +3,7 @@ numbers, and a failing or interrupted run is never left RUNNING."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,14 +92,15 @@ def test_a_run_that_breaks_is_ended_and_keeps_its_rows(
 ) -> None:
     real_train = runner.run.train
 
-    def train_then_break(*args: object, **kwargs: object) -> object:
-        write = args[6]
+    def train_then_break(model, loss_fn, members, *args: object, **kwargs: object) -> object:
+        (member,) = members
 
         def write_then_break(chunk: pd.DataFrame) -> None:
-            write(chunk)
+            member.write(chunk)
             raise error
 
-        return real_train(*args[:6], write_then_break, *args[7:], **kwargs)
+        broken = dataclasses.replace(member, write=write_then_break)
+        return real_train(model, loss_fn, [broken], *args, **kwargs)
 
     monkeypatch.setattr(runner.run, "train", train_then_break)
     with pytest.raises(type(error)):

@@ -13,9 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from runner.config import Config, DataKind
+from runner.config import Config, DataKind, plain
 from runner.data import load_arrays
 from runner.run import Result, RunContext, run_batch
 
@@ -50,13 +48,13 @@ def _groups(confs: list[Config], launch_dir: Path) -> list[list[int]]:
 
 def _shape(conf: Config) -> str:
     """Everything but the member settings, as one string."""
-    plain = OmegaConf.to_container(OmegaConf.structured(conf), enum_to_str=True)
+    values = plain(conf)
     for key in MEMBER_SETTINGS:
         section, _, name = key.rpartition(".")
-        (plain[section] if section else plain).pop(name)
+        (values[section] if section else values).pop(name)
     if conf.data.kind == DataKind.synthetic and conf.data.seed is None:
-        plain["seed"] = conf.seed  # the run's seed draws the data too
-    return json.dumps(plain, sort_keys=True)
+        values["seed"] = conf.seed  # the run's seed draws the data too
+    return json.dumps(values, sort_keys=True)
 
 
 def _batchable(conf: Config, launch_dir: Path) -> bool:

@@ -130,11 +130,6 @@ def _fail(err: object, code: int) -> None:
     raise SystemExit(code)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float:
-    return job(cfg)
-
-
 def job(cfg: DictConfig) -> float:
     """One job: its settings (checked by the gate already), its context, its run."""
     _http_defaults()  # again: a Ray or Slurm job runs in a process that never ran main()
@@ -164,7 +159,9 @@ def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
     return returned
 
 
-_hydra_main.run_together = run_together  # type: ignore[attr-defined]
+# Hydra hands its launcher the undecorated function: the batched launcher finds this there.
+job.run_together = run_together  # type: ignore[attr-defined]
+_hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(job)
 
 
 def _context(hydra_cfg: DictConfig, log_file: bool = False) -> RunContext:

@@ -8,6 +8,7 @@ once per job's settings, before anything is written. Nothing here imports torch 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -330,6 +331,11 @@ class Config:
 
 
 ConfigStore.instance().store(name="schema", node=Config)
+
+
+def plain(conf: Any) -> dict[str, Any]:
+    """A dataclass config as plain values (names as strings), fast: no OmegaConf involved."""
+    return json.loads(json.dumps(dataclasses.asdict(conf)))  # str-Enums dump as their values
 
 
 def validate(node: Any, prefix: str = "") -> None:

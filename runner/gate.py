@@ -11,6 +11,7 @@ torch or MLflow: a bad command line is one line and exit code 2 in a fraction of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import functools
 import os
@@ -27,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from runner.config import CONF_DIR, Config, ConfigError, tracking_uri_problem, validate
@@ -304,9 +305,7 @@ def _explain(err: BaseException, given: dict[str, str]) -> ConfigError:
 
 def typed(cfg: DictConfig, given: dict[str, str] | None = None) -> Config:
     """The job's settings as a checked Config (the `hydra` node left out)."""
-    job = cfg.copy()
-    with open_dict(job):
-        job.pop("hydra", None)
+    job = _without_hydra(cfg)
     try:
         _refuse_unknown_keys(job)
         conf = OmegaConf.to_object(job)
@@ -390,9 +389,12 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
     """Every value the sweep will use, one key at a time, on top of the base config."""
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + search
+    base = typed(cfg)
+    variant = _without_hydra(cfg)  # one copy, each value set into it in turn
     for o in parsed:
         if not o.is_sweep_override() or o.is_hydra_override() or o.is_interval_sweep():
             continue  # hydra.*: a sweeper's own search space; intervals: no list to check
+        key = o.key_or_group.lstrip("+")
         for value in o.sweep_iterator():
             line = f"{o.get_key_element()}={value}"
             given = {o.key_or_group.lstrip("+~"): str(value)}
@@ -400,12 +402,31 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
                 _check_option(o.key_or_group, str(value), search)
                 typed(compose_checked([*fixed, line], given), given)
                 continue
-            variant = cfg.copy()  # a plain key: set it, no composition needed
-            try:
-                OmegaConf.update(variant, o.key_or_group.lstrip("+"), value, merge=True)
+            try:  # a plain key: OmegaConf converts and type-checks it, no composition needed
+                OmegaConf.update(variant, key, value, merge=True)
+                converted = OmegaConf.select(variant, key, throw_on_missing=True)
             except OmegaConfBaseException as err:
                 raise _explain(err, given) from None
-            typed(variant, given)
+            if isinstance(converted, DictConfig):  # a whole section: OmegaConf builds it
+                typed(variant, given)
+                continue
+            if isinstance(converted, ListConfig):
+                converted = OmegaConf.to_container(converted)
+            validate(_replaced(base, key.split("."), converted))
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    job = cfg.copy()
+    with open_dict(job):
+        job.pop("hydra", None)
+    return job
+
+
+def _replaced(node: Any, path: list[str], value: Any) -> Any:
+    """A copy of the dataclass `node` with the field at `path` set to `value`."""
+    head, *rest = path
+    new = _replaced(getattr(node, head), rest, value) if rest else value
+    return dataclasses.replace(node, **{head: new})
 
 
 def _reserve(cfg: DictConfig, parsed: list[Override], multirun: bool) -> tuple[Path, Path | None]:

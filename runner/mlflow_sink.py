@@ -43,11 +43,18 @@ class MlflowSink:
         self.sent: list[Future] = []  # metric chunks not yet known to be stored
         self.error: str | None = None  # why the store failed mid-run
         self.ended = False
+        self.opening: Future | None = None
+        self.ending: Future | None = None
+
+    def request(self) -> None:
+        """Ask the store for the run now; open() takes its id (a batch asks for all at once)."""
+        self.opening = tracking.tracker().call_async(tracking.open_run, self.spec)
 
     def open(self) -> None:
+        if self.opening is None:
+            self.request()
         try:
-            self.run_id = tracking.tracker().call(tracking.open_run, self.spec,
-                                                  timeout=timeout(self.uri))  # fmt: skip
+            self.run_id = tracking.tracker().wait(self.opening, timeout(self.uri))
         except TrackingError as err:
             why = f"cannot open an MLflow run at {self.uri}: {err}"
             raise StoreUnavailable(why) from None
@@ -66,10 +73,28 @@ class MlflowSink:
         )
 
     def close(self, ending: Ending) -> None:
-        """Wait until the store holds every chunk, then end the run with `ending`."""
-        self._collect(wait=True)
+        """End the run with `ending` once the store holds every chunk, and wait for it."""
+        self.finish(ending)
+        self.settle()
+
+    def finish(self, ending: Ending) -> None:
+        """Hand the ending over: the store takes it after every chunk (its calls are answered
+        in order), and ends the run FAILED instead if one of them failed."""
+        self._collect(wait=False)
         if not self.ended:
-            self._end(ending)
+            self.ended = True
+            self.ending = tracking.tracker().call_async(tracking.end_run, self.uri, self.run_id,
+                                                        ending)  # fmt: skip
+
+    def settle(self) -> None:
+        """Wait until the store has taken every chunk and the ending."""
+        self._collect(wait=True)
+        if self.ending is not None and not self.error:
+            try:
+                tracking.tracker().wait(self.ending, timeout(self.uri))
+            except TrackingError as err:
+                self._fail(str(err))
+                _unended.append((self.uri, self.run_id, "FAILED"))
 
     def _end(self, ending: Ending) -> None:
         self.ended = True

@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
-from runner.config import Config, ConfigError
+from runner.config import Config, ConfigError, plain
 from runner.data import load_arrays, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, train
 from runner.losses import Loss, build_loss
@@ -128,17 +128,31 @@ class JobRun:
                              optimum_loss=s.best.loss)  # fmt: skip
         self.ending = Ending("FAILED")
 
-    def open_store(self, s: Setup) -> None:
+    def request_store(self, s: Setup) -> None:
+        """Ask for the MLflow run (every job of a batch asks before the first waits)."""
+        self.mlflow = _mlflow_sink(self.conf, s, self.ctx)
+        if self.mlflow is not None:
+            self.mlflow.request()
+
+    def open_store(self) -> None:
         """The store first: a run whose store cannot be opened writes nothing at all."""
-        self.mlflow = _open_mlflow(self.conf, s, self.ctx)
-        self.result.mlflow_run_id = self.mlflow and self.mlflow.run_id
+        if self.mlflow is None:
+            return
+        try:
+            self.mlflow.open()
+        except StoreUnavailable as err:
+            if self.ctx.sweep_parent is None:
+                raise  # a single run stops before it writes anything
+            # A sweep goes on: this job trains with the CSV alone, and ends FAILED for it.
+            log.error(f"runner: error: {err}; this job trains with the CSV alone")
+            self.mlflow.error, self.mlflow.ended = str(err), True
+        self.result.mlflow_run_id = self.mlflow.run_id
 
     def open_sinks(self, s: Setup) -> None:
         check = self.conf.check_grad
         columns = [*history_columns(s.model.names(), check), "gap", "distance"]
-        self.sinks = [
-            CsvSink(self.csv_path, columns)
-        ]  # first: the record that must never miss a row
+        csv = CsvSink(self.csv_path, columns)  # first: the record that must never miss a row
+        self.sinks = [csv]
         if self.mlflow and self.mlflow.run_id:
             self.sinks.append(self.mlflow)
         if self.alone and self.ctx.owns_terminal and self.conf.print_every > 0:
@@ -170,9 +184,18 @@ class JobRun:
             self.ending = Ending("FAILED", tags={"runner.error": self.result.failure})
 
     def close(self) -> None:
-        """Every sink closed with the ending (the CSV first: whole before MLflow logs it)."""
+        """Every sink closed with the ending (the CSV first: whole before MLflow logs it);
+        the MLflow run's ending is handed over, and settled by settle()."""
         for sink in self.sinks:
-            sink.close(self.ending)
+            if sink is self.mlflow:
+                self.mlflow.finish(self.ending)  # the batch's endings go to the store at once
+            else:
+                sink.close(self.ending)
+
+    def settle(self) -> None:
+        """Once the store has ended the MLflow run: the Result, in result.json."""
+        if self.mlflow is not None and self.mlflow.run_id:
+            self.mlflow.settle()
         if self.mlflow is not None and self.mlflow.error:
             self.result.tracking_error = self.mlflow.error
             if self.result.status == "FINISHED":  # the store failed: the run is not whole
@@ -191,7 +214,9 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     opened: list[JobRun] = []
     try:
         for job in jobs:
-            job.open_store(s)
+            job.request_store(s)
+        for job in jobs:
+            job.open_store()
             opened.append(job)  # from here on, it is closed whatever happens
             job.open_sinks(s)
         members = [job.member(opt) for job, opt in zip(jobs, s.optimizers, strict=True)]
@@ -210,6 +235,8 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     finally:
         for job in opened:
             job.close()
+        for job in opened:
+            job.settle()
     for job in jobs:
         with _job_log(job.ctx.log_file):
             _print_summary(job.conf, job.result, s.best, job.csv_path, job.mlflow)
@@ -225,7 +252,8 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
     if outcome.how == How.abandoned:  # its CSV could not be written (a full disk)
         result.failure = outcome.detail
         return Ending("FAILED", tags={"runner.error": outcome.detail})
-    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(conf))
+    written = job.ctx.run_dir / ".hydra" / "config.yaml"  # Hydra's copy of the job's config
+    config_yaml = written.read_text() if written.is_file() else OmegaConf.to_yaml(plain(conf))
     finished = outcome.how in (How.finished, How.converged)
     plots = conf.plots if conf.plots is not None else not job.ctx.in_sweep
     pictures = _plots(job.csv_path, s, final if finished else None) if plots else []
@@ -248,8 +276,8 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
     return Ending("FINISHED", metrics=final, tags=tags, files=files, texts=texts)
 
 
-def _open_mlflow(conf: Config, s: Setup, ctx: RunContext) -> MlflowSink | None:
-    """The run's MLflow sink, opened; None when MLflow is off or skipped."""
+def _mlflow_sink(conf: Config, s: Setup, ctx: RunContext) -> MlflowSink | None:
+    """The run's MLflow sink, not yet opened; None when MLflow is off or skipped."""
     if not conf.mlflow.enabled:
         return None
     uri = conf.mlflow.tracking_uri or default_tracking_uri(ctx.launch_dir)
@@ -261,21 +289,11 @@ def _open_mlflow(conf: Config, s: Setup, ctx: RunContext) -> MlflowSink | None:
     tags |= record(s.x.device, ctx.command)  # code, versions, machine, command line
     if ctx.sweep_parent:
         tags["mlflow.parentRunId"] = ctx.sweep_parent  # the dashboard nests it under its sweep
-    plain = OmegaConf.to_container(OmegaConf.structured(conf), enum_to_str=True)
-    params = {k: str(v) for k, v in pd.json_normalize(plain).iloc[0].items()}
+    params = {k: str(v) for k, v in pd.json_normalize(plain(conf)).iloc[0].items()}
     params |= {f"optimum.{k}": str(v) for k, v in s.best.params.items()}
     params |= {"optimum.loss": str(s.best.loss), "stable_lr_max": str(s.best.stable_lr_max)}
     spec = RunSpec(uri, conf.mlflow.experiment, run_name(list(ctx.overrides)), params, tags)
-    sink = MlflowSink(spec)
-    try:
-        sink.open()
-    except StoreUnavailable as err:
-        if ctx.sweep_parent is None:
-            raise  # a single run stops before it writes anything
-        # A sweep goes on: this job trains with the CSV alone, and ends FAILED for it.
-        log.error(f"runner: error: {err}; this job trains with the CSV alone")
-        sink.error, sink.ended = str(err), True
-    return sink
+    return MlflowSink(spec)
 
 
 def _final_metrics(s: Setup) -> list[dict[str, float]]:

@@ -65,6 +65,7 @@ class Ending:
 _clients: dict[str, Any] = {}  # tracking URI -> MlflowClient
 _experiments: dict[tuple[str, str], str] = {}  # (URI, name) -> experiment id
 _open_runs: dict[str, str] = {}  # run id -> URI: the runs to end KILLED if the runner dies
+_failed: dict[str, str] = {}  # run id -> why a chunk of its metrics could not be stored
 
 
 def _client(uri: str) -> Any:
@@ -135,7 +136,11 @@ def log_metrics(uri: str, run_id: str, epochs: np.ndarray, columns: dict[str, np
         for name, values in columns.items()
         for step, value in zip(steps, values.tolist(), strict=True)
     ]
-    _client(uri).log_batch(run_id, metrics=points)  # the client splits it into batches
+    try:
+        _client(uri).log_batch(run_id, metrics=points)  # the client splits it into batches
+    except Exception as err:
+        _failed[run_id] = str(err).strip().splitlines()[0][:500] if str(err).strip() else "?"
+        raise
     return len(points)
 
 
@@ -144,6 +149,8 @@ def end_run(uri: str, run_id: str, ending: Ending) -> None:
     from mlflow.entities import Metric, RunTag
 
     client = _client(uri)
+    if run_id in _failed:  # a run that lost metrics is not whole, however its training ended
+        ending = Ending("FAILED", tags={"runner.tracking_error": _failed.pop(run_id)})
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in ending.metrics.items()]
     tags = [RunTag(k, v) for k, v in ending.tags.items()]

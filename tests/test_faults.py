@@ -120,25 +120,31 @@ def test_a_second_ctrl_c_still_ends_the_run_killed(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
 def test_signal_ends_a_multirun_and_its_parent_as_killed(
-    tmp_path: Path, sig: signal.Signals
+    tmp_path: Path, sig: signal.Signals, launcher: str
 ) -> None:
-    process = start_runner("-m", LONG, "lr=0.01,0.02", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    process = start_runner("-m", f"hydra/launcher={launcher}", LONG, "lr=0.01,0.02",
+                           "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     wait_for_rows(tmp_path / "sweep" / "0" / "metrics.csv", rows=2000)
-    err, _ = _stop(process, sig, "basic-launcher sweep,")
+    err, _ = _stop(process, sig, f"{launcher}-launcher sweep,")
     assert process.returncode == 128 + sig, err
     assert "Traceback" not in err
     client = store(tmp_path)
     parent_id = sweep_parent(client, (tmp_path / "sweep").resolve())
     assert client.get_run(parent_id).info.status == "KILLED"
-    result = json.loads((tmp_path / "sweep" / "0" / "result.json").read_text())
-    _assert_killed_with_every_row(
-        client, result["mlflow_run_id"], tmp_path / "sweep" / "0" / "metrics.csv"
-    )
-    assert not (tmp_path / "sweep" / "1").exists()  # the sweep stopped with its job
+    # basic: one job after the other, so the sweep stops with its first job; batched: both
+    # jobs train together, and both end KILLED with every row.
+    jobs = ["0"] if launcher == "basic" else ["0", "1"]
+    for job in jobs:
+        result = json.loads((tmp_path / "sweep" / job / "result.json").read_text())
+        _assert_killed_with_every_row(
+            client, result["mlflow_run_id"], tmp_path / "sweep" / job / "metrics.csv"
+        )
+    assert (tmp_path / "sweep" / "1").exists() == (launcher == "batched")
     assert {r.info.status for r in all_runs(client)} == {"KILLED"}
     summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
-    assert summary["status"].tolist() == ["KILLED"]
+    assert summary["status"].tolist() == ["KILLED"] * len(jobs)
 
 
 @pytest.mark.slow

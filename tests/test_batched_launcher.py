@@ -1,0 +1,89 @@
+"""The batched launcher against Hydra's own launcher test suites, as Hydra's launcher
+plugins run them against themselves (hydra.test_utils.launcher_common_tests): with a plain
+task function (job by job) and with one that takes every job at once (`run_together`, the
+path the runner's jobs take)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from omegaconf import DictConfig
+from support import run_cli
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("batched", [])])
+class TestBatchedLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("batched", [])])
+class TestBatchedLauncherTogether(LauncherTestSuite):
+    def get_task_function(self) -> Callable[[Any], Any]:
+        def task_func(_: DictConfig) -> Any:
+            return 100
+
+        def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[Any]:
+            assert all(hydra_cfg.runtime.output_dir for _, hydra_cfg in jobs)
+            return [100 for _ in jobs]
+
+        task_func.run_together = run_together  # type: ignore[attr-defined]
+        return task_func
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags", [({}, ["-m", "hydra/launcher=batched"])])
+class TestBatchedLauncherIntegration(IntegrationTestSuite):
+    pass
+
+
+# Sweeps whose jobs train together in groups (one per loss x optimizer), every member
+# setting mixed inside a group: lr (one diverges), seeds with random init, epochs,
+# momentum, Nesterov, weight decay, zero_grad, Adam's betas and eps, stop.tol, check_grad.
+SWEEPS = {
+    "ways": ["loss=manual,mse", "optimizer=manual,sgd", "lr=0.02,1.5", "seed=0,1",
+             "model.init=random", "epochs=30,45"],
+    "momentum": ["optimizer=manual,sgd", "optimizer.momentum=0.9",
+                 "optimizer.nesterov=false,true", "optimizer.weight_decay=0,0.01",
+                 "zero_grad=true,false", "epochs=40"],
+    "adam": ["optimizer=adam", "optimizer.betas=[0.9,0.999],[0.8,0.99]",
+             "optimizer.eps=1e-8,1e-6", "stop.tol=null,1e-4", "check_grad=true,false",
+             "epochs=300", "chunk=64"],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_job_is_byte_identical_to_the_same_job_run_alone(tmp_path: Path, sweep: str) -> None:
+    """Each job's metrics.csv, trained in a batch, is the very file the basic launcher
+    writes for it, one job at a time; and so is how it ended."""
+    runs = {}
+    for launcher in ("batched", "basic"):
+        done = run_cli("-m", f"hydra/launcher={launcher}", *SWEEPS[sweep], "mlflow.enabled=false",
+                       f"hydra.sweep.dir={launcher}", cwd=tmp_path, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[launcher] = sorted((tmp_path / launcher).glob("*/metrics.csv"))
+    batched, basic = runs["batched"], runs["basic"]
+    assert len(batched) == len(basic) == _jobs(SWEEPS[sweep])
+    statuses = set()
+    for mine, theirs in zip(batched, basic, strict=True):
+        assert mine.read_bytes() == theirs.read_bytes(), mine
+        ended = [json.loads((p.parent / "result.json").read_text()) for p in (mine, theirs)]
+        for key in ("status", "epochs_run", "final_loss", "final", "converged_at_epoch"):
+            assert ended[0][key] == ended[1][key], (mine, key)
+        statuses.add(ended[0]["status"])
+        overrides = [(p.parent / ".hydra" / "overrides.yaml").read_text() for p in (mine, theirs)]
+        configs = [(p.parent / ".hydra" / "config.yaml").read_text() for p in (mine, theirs)]
+        assert overrides[0] == overrides[1] and configs[0] == configs[1]
+    if sweep == "ways":  # lr=1.5 is far above this data's stability limit
+        assert statuses == {"FINISHED", "DIVERGED"}
+
+
+def _jobs(overrides: list[str]) -> int:
+    return math.prod(len(o.split("=", 1)[1].split(",")) if "[" not in o else
+                     o.count("[") for o in overrides)  # fmt: skip

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 PY = sys.executable
+BASIC = "hydra/launcher=basic"  # one job at a time, each composed by Hydra
 
 # Importing what every run needs, one torch.optim.SGD, opening the store: what no run avoids.
 FLOOR = """
@@ -85,6 +86,30 @@ def main(cfg: Cfg) -> float:
 
 
 main()
+"""
+
+# MLflow's own store time per job of a 50-epoch sweep, measured in-process with the
+# tracking process's functions: open the run (params, tags), 50 epochs x 7 metrics, end it
+# (final metrics, tags, the CSV and config.yaml as artifacts). The floor of a sweep's
+# marginal cost per job, however the jobs are trained. Prints seconds per job.
+STORE = """
+import os, sys, time, numpy as np
+from runner.tracking import Ending, RunSpec, end_run, log_metrics, open_run
+jobs = int(sys.argv[1])
+uri = "sqlite:///" + os.path.abspath("mlflow.db")
+open("metrics.csv", "w").write("epoch,loss\\n" + "".join(f"{e},0.5\\n" for e in range(50)))
+params = {f"p{i}": str(i) for i in range(35)}
+tags = {f"t{i}": "x" * 20 for i in range(18)}
+columns = {f"c{i}": np.random.rand(50) for i in range(7)}
+end = Ending("FINISHED", metrics={f"final_{i}": 1.0 for i in range(6)}, files=["metrics.csv"],
+             texts={"config.yaml": "lr: 0.05\\n" * 40})
+end_run(uri, open_run(RunSpec(uri, "store", "warm", params, tags)), end)
+start = time.perf_counter()
+for k in range(jobs):
+    run_id = open_run(RunSpec(uri, "store", f"r{k}", params, tags))
+    log_metrics(uri, run_id, np.arange(50), columns)
+    end_run(uri, run_id, end)
+print((time.perf_counter() - start) / jobs)
 """
 
 # The same math with no logging at all; prints the loop's own time.
@@ -155,6 +180,7 @@ class Case:
     what: str
     command: list[str]
     inner: bool = False  # the command prints its own time (a loop measured in-process)
+    once: bool = False  # minutes long: measured once, whatever --repeat says
 
 
 def _timed(command: list[str], cwd: Path, inner: bool) -> float:
@@ -179,7 +205,9 @@ def cases(home: Path, quick: bool, cuda: bool) -> list[Case]:
     long_epochs = 500 if quick else 10_000
     big_n, big_epochs = (10_000, 20) if quick else (1_000_000, 200)
     jobs_small, jobs_big = (2, 4) if quick else (10, 50)
+    grid_small, grid_big = (2, 8) if quick else (10, 200)
     lrs = lambda k: f"lr=range(0.001,{0.001 * (k + 0.5):.4f},0.001)"  # noqa: E731 - k values
+    store = _script(home, "store.py", STORE)
     run, by_hand = [PY, "-m", "runner"], [PY, hand]
     sgd = "optimizer=sgd"
     big = ["data=synthetic", f"data.n={big_n}", f"epochs={big_epochs}", sgd]
@@ -192,8 +220,20 @@ def cases(home: Path, quick: bool, cuda: bool) -> list[Case]:
         Case("run_long", f"runner: {long_epochs} epochs", [*run, sgd, f"epochs={long_epochs}"]),
         Case("hand_long", f"hand-written: {long_epochs} epochs",
              [*by_hand, f"epochs={long_epochs}"]),
-        Case("sweep_small", f"runner: {jobs_small}-job sweep", [*run, "-m", lrs(jobs_small)]),
-        Case("sweep_big", f"runner: {jobs_big}-job sweep", [*run, "-m", lrs(jobs_big)]),
+        Case("sweep_small", f"runner: {jobs_small}-job sweep, basic launcher",
+             [*run, "-m", BASIC, lrs(jobs_small)]),
+        Case("sweep_big", f"runner: {jobs_big}-job sweep, basic launcher",
+             [*run, "-m", BASIC, lrs(jobs_big)]),
+        Case("grid_small", f"runner: {grid_small}-job sweep, batched launcher (the default)",
+             [*run, "-m", lrs(grid_small)]),
+        Case("grid_big", f"runner: {grid_big}-job sweep, batched launcher (the default)",
+             [*run, "-m", lrs(grid_big)]),
+        Case("grid_big_basic", f"runner: {grid_big}-job sweep, basic launcher",
+             [*run, "-m", BASIC, lrs(grid_big)], once=True),
+        Case("hand_grid_big", f"hand-written: {grid_big}-job sweep",
+             [*by_hand, "-m", lrs(grid_big)], once=True),
+        Case("store_per_job", "MLflow's own store time per job of a 50-epoch sweep",
+             [PY, store, str(grid_big)], inner=True),
         Case("hand_sweep_small", f"hand-written: {jobs_small}-job sweep",
              [*by_hand, "-m", lrs(jobs_small)]),
         Case("hand_sweep_big", f"hand-written: {jobs_big}-job sweep",
@@ -237,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([PY, "-c", FLOOR], cwd=home, check=True, capture_output=True)
         times: dict[str, float] = {}
         for case in chosen:
-            runs = [_timed(case.command, home, case.inner) for _ in range(repeat)]
+            runs = [
+                _timed(case.command, home, case.inner) for _ in range(1 if case.once else repeat)
+            ]
             times[case.name] = statistics.median(runs)
             print(f"{case.name:18s} {times[case.name]:8.2f} s  {case.what}", flush=True)
 
@@ -282,6 +324,16 @@ def targets(t: dict[str, float], quick: bool) -> list[dict[str, object]]:
         small, big = (2, 4) if quick else (10, 50)
         per_job = (t["sweep_big"] - t["sweep_small"]) / (big - small)
         add("sweep: marginal cost per job", per_job, 0.1, "{:.3f} s", per_job <= 0.1)
+    if {"grid_small", "grid_big"} <= t.keys():
+        small, big = (2, 8) if quick else (10, 200)
+        per_job = (t["grid_big"] - t["grid_small"]) / (big - small)
+        add("batched sweep: marginal cost per job", per_job, 0.040, "{:.3f} s", per_job <= 0.040)
+        if "store_per_job" in t:
+            share = t["store_per_job"] / per_job
+            add("  of which MLflow's store (the floor)", share, 1.0, "{:.0%}", True)
+    if {"grid_big", "run50"} <= t.keys():
+        ratio = t["grid_big"] / t["run50"]
+        add("batched sweep / one run", ratio, 4.0, "{:.1f}x", ratio <= 4.0)
     if {"sweep_big", "sweep_parallel"} <= t.keys():
         add("sweep: parallel / serial", t["sweep_parallel"] / t["sweep_big"], 1.0, "{:.2f}x",
             t["sweep_parallel"] < t["sweep_big"])  # fmt: skip

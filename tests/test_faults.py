@@ -370,9 +370,11 @@ def test_a_directory_that_holds_a_run_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_server_restarted_mid_sweep_costs_the_sweep_no_job(tmp_path: Path) -> None:
-    """Killed while job 1 logs; job 2 finds it down; restarted before job 3."""
+    """Killed while job 1 logs; job 2 finds it down; restarted before job 3 (jobs one after
+    the other: the basic launcher; batched jobs all share the store's fate)."""
     url, server = start_dashboard(tmp_path)
-    args = ["-m", "lr=0.01,0.02,0.03,0.04", "epochs=3000", "chunk=500", "hydra.sweep.dir=sweep"]
+    args = ["-m", "hydra/launcher=basic", "lr=0.01,0.02,0.03,0.04", "epochs=3000", "chunk=500",
+            "hydra.sweep.dir=sweep"]  # fmt: skip
     sweep = start_runner(*args, f"mlflow.tracking_uri={url}", cwd=tmp_path)
     wait_for_rows(tmp_path / "sweep" / "1" / "metrics.csv", rows=600)
     stop_dashboard(server, signal.SIGKILL)

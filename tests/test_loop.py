@@ -11,7 +11,7 @@ import pytest
 import torch
 from support import make_config, train_history, train_setup
 
-from runner.loop import How, Member, train
+from runner.loop import Abandon, How, Member, train
 from runner.losses import manual_mse
 from runner.model import Linear
 from runner.run import build
@@ -212,3 +212,49 @@ def test_adam_and_the_momentum_preset_train() -> None:
     )
     for hist in (adam, momentum):
         assert hist["loss"].iloc[-1] < 0.01 * hist["loss"].iloc[0]
+
+
+def test_a_batch_trains_each_member_as_it_would_train_alone() -> None:
+    """Members with their own lr, init, epochs, momentum, zero_grad and stop.tol, trained as
+    one batch: each one's history is, bit for bit, its history alone; each ends on its own."""
+    settings = [
+        ("lr=0.05", "epochs=30"),
+        ("lr=1.5", "epochs=40"),  # diverges at epoch 16, the others go on
+        ("lr=0.1", "model.init=random", "seed=3", "epochs=25", "zero_grad=false"),
+        ("lr=0.02", "optimizer.momentum=0.9", "optimizer.nesterov=true", "epochs=45"),
+        ("lr=0.05", "stop.tol=1e-4", "epochs=50", "check_grad=true"),
+    ]
+    for optimizer in ("manual", "sgd"):
+        confs = [make_config("experiment=seed_002", f"optimizer={optimizer}", "chunk=7", *s)
+                 for s in settings]  # fmt: skip
+        s = build(confs, None)
+        histories: list[list[pd.DataFrame]] = [[] for _ in confs]
+        members = [
+            Member(s.optimizers[j], c.epochs, histories[j].append, c.zero_grad, c.stop.tol,
+                   c.check_grad_tol if c.check_grad else None)
+            for j, c in enumerate(confs)
+        ]  # fmt: skip
+        outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=7)
+        for j, conf in enumerate(confs):
+            alone, outcome = train_setup(build([conf], None), conf)
+            pd.testing.assert_frame_equal(
+                pd.concat(histories[j], ignore_index=True), alone, check_exact=True
+            )
+            assert outcomes[j] == outcome
+        assert [o.how for o in outcomes] == [How.finished, How.diverged, How.finished,
+                                              How.finished, How.converged]  # fmt: skip
+
+
+def test_a_member_whose_record_fails_ends_and_the_others_go_on() -> None:
+    confs = [make_config("experiment=seed_002", "epochs=20") for _ in range(2)]
+    s = build(confs, None)
+
+    def full_disk(chunk: pd.DataFrame) -> None:
+        raise Abandon("cannot write metrics.csv (No space left on device)")
+
+    kept: list[pd.DataFrame] = []
+    members = [Member(s.optimizers[0], 20, full_disk), Member(s.optimizers[1], 20, kept.append)]
+    outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=5)
+    assert outcomes[0].how == How.abandoned and outcomes[0].epochs == 0
+    assert "No space left" in outcomes[0].detail
+    assert outcomes[1].how == How.finished and len(pd.concat(kept)) == 20

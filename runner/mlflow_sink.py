@@ -36,8 +36,9 @@ _unended: list[tuple[str, str, str]] = []
 
 
 class MlflowSink:
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, lane: int = 0) -> None:
         self.spec = spec
+        self.lane = lane  # which tracking process stores this run (runner/tracking.py)
         self.uri = spec.tracking_uri
         self.run_id: str | None = None
         self.sent: list[Future] = []  # metric chunks not yet known to be stored
@@ -48,13 +49,13 @@ class MlflowSink:
 
     def request(self) -> None:
         """Ask the store for the run now; open() takes its id (a batch asks for all at once)."""
-        self.opening = tracking.tracker().call_async(tracking.open_run, self.spec)
+        self.opening = tracking.tracker(self.lane).call_async(tracking.open_run, self.spec)
 
     def open(self) -> None:
         if self.opening is None:
             self.request()
         try:
-            self.run_id = tracking.tracker().wait(self.opening, timeout(self.uri))
+            self.run_id = tracking.tracker(self.lane).wait(self.opening, timeout(self.uri))
         except TrackingError as err:
             why = f"cannot open an MLflow run at {self.uri}: {err}"
             raise StoreUnavailable(why) from None
@@ -67,7 +68,7 @@ class MlflowSink:
             return
         columns = {name: chunk[name].to_numpy() for name in chunk.columns[1:]}
         epochs = chunk["epoch"].to_numpy()
-        tracker = tracking.tracker()
+        tracker = tracking.tracker(self.lane)
         self.sent.append(
             tracker.send_metrics(self.uri, self.run_id, epochs, columns, timeout(self.uri))
         )
@@ -83,15 +84,15 @@ class MlflowSink:
         self._collect(wait=False)
         if not self.ended:
             self.ended = True
-            self.ending = tracking.tracker().call_async(tracking.end_run, self.uri, self.run_id,
-                                                        ending)  # fmt: skip
+            tracker = tracking.tracker(self.lane)
+            self.ending = tracker.call_async(tracking.end_run, self.uri, self.run_id, ending)
 
     def settle(self) -> None:
         """Wait until the store has taken every chunk and the ending."""
         self._collect(wait=True)
         if self.ending is not None and not self.error:
             try:
-                tracking.tracker().wait(self.ending, timeout(self.uri))
+                tracking.tracker(self.lane).wait(self.ending, timeout(self.uri))
             except TrackingError as err:
                 self._fail(str(err))
                 _unended.append((self.uri, self.run_id, "FAILED"))
@@ -99,7 +100,7 @@ class MlflowSink:
     def _end(self, ending: Ending) -> None:
         self.ended = True
         try:
-            tracking.tracker().call(tracking.end_run, self.uri, self.run_id, ending,
+            tracking.tracker(self.lane).call(tracking.end_run, self.uri, self.run_id, ending,
                                     timeout=timeout(self.uri))  # fmt: skip
         except TrackingError as err:
             self._fail(str(err))
@@ -111,7 +112,7 @@ class MlflowSink:
         for future in self.sent:
             if wait and not future.done() and not self.error:
                 try:
-                    tracking.tracker().wait(future, timeout(self.uri))
+                    tracking.tracker(self.lane).wait(future, timeout(self.uri))
                 except TrackingError as err:
                     self._fail(str(err))
             if not future.done():

@@ -318,16 +318,18 @@ class Tracker:
         self.backlog = 0
 
 
-_tracker: Tracker | None = None
+_trackers: dict[int, Tracker] = {}
 
 
-def tracker() -> Tracker:
-    """This process's tracking process, started on first use; a dead one is replaced."""
-    global _tracker
-    if _tracker is None or _tracker.dead:
-        _tracker = Tracker()
-    return _tracker
+def tracker(lane: int = 0) -> Tracker:
+    """This process's tracking process of `lane`, started on first use; a dead one is
+    replaced. A batch of jobs spreads its runs over two lanes (runner/run.py): their store
+    work is most of a batched sweep's time, and most of it is MLflow's own Python, which
+    two processes do side by side (SQLite itself takes one writer at a time)."""
+    if lane not in _trackers or _trackers[lane].dead:
+        _trackers[lane] = Tracker()
+    return _trackers[lane]
 
 
 def started() -> bool:
-    return _tracker is not None and not _tracker.dead
+    return any(not t.dead for t in _trackers.values())

@@ -15,18 +15,22 @@ import pytest
 from hydra import version
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 from hydra.version import VersionBase
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from support import run_cli
+
+from hydra_plugins.runner_batched import hydra_yaml
+from runner import gate
 
 
 @pytest.fixture(autouse=True)
 def _hydra_as_fresh() -> Iterator[None]:
     """Hydra's suites expect a process where no version_base was set yet (as in Hydra's own
     test runs); the runner's gate sets 1.3 in the tests before these."""
-    before = VersionBase.instance().getbase()
-    VersionBase.instance().setbase(version.__compat_version__)
+    base = VersionBase.instance()
+    before = base.version_base
+    base.setbase(version.__compat_version__)
     yield
-    VersionBase.instance().setbase(before)
+    base.version_base = before
 
 
 @pytest.mark.parametrize("launcher_name, overrides", [("batched", [])])
@@ -99,3 +103,9 @@ def test_every_job_is_byte_identical_to_the_same_job_run_alone(tmp_path: Path, s
 def _jobs(overrides: list[str]) -> int:
     return math.prod(len(o.split("=", 1)[1].split(",")) if "[" not in o else
                      o.count("[") for o in overrides)  # fmt: skip
+
+
+def test_hydra_yaml_is_the_text_omegaconf_writes() -> None:
+    for overrides in ([], ["lr=0.1", "optimizer=adam", "hydra.job.name=a: b", "seed=3"]):
+        config = gate.compose_checked(overrides, {})
+        assert hydra_yaml(config) == OmegaConf.to_yaml(OmegaConf.create({"hydra": config.hydra}))

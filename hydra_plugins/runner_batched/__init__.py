@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -189,7 +190,18 @@ def _all_groups(loader: Any, parent: str = "") -> set[str]:
 def _save_configs(job: Job, directory: Path) -> None:
     """config.yaml, hydra.yaml and overrides.yaml, as Hydra's run_job writes them."""
     directory.mkdir(parents=True, exist_ok=True)
-    hydra_cfg = OmegaConf.create({"hydra": job.config.hydra})
-    for name, cfg in (("config.yaml", job.task), ("hydra.yaml", hydra_cfg),
-                      ("overrides.yaml", job.config.hydra.overrides.task)):  # fmt: skip
-        (directory / name).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    texts = {
+        "config.yaml": OmegaConf.to_yaml(job.task),
+        "hydra.yaml": hydra_yaml(job.config),
+        "overrides.yaml": OmegaConf.to_yaml(job.config.hydra.overrides.task),
+    }
+    for name, text in texts.items():
+        (directory / name).write_text(text, encoding="utf-8")
+
+
+def hydra_yaml(config: DictConfig) -> str:
+    """The text OmegaConf.to_yaml gives Hydra's node, from libyaml: a job's biggest file,
+    written about three times as fast (tests/test_batched_launcher.py compares the two)."""
+    plain = {"hydra": OmegaConf.to_container(config.hydra, resolve=False, enum_to_str=True)}
+    return yaml.dump(plain, Dumper=yaml.CSafeDumper, default_flow_style=False,
+                     allow_unicode=True, sort_keys=False)  # fmt: skip

@@ -45,8 +45,15 @@ class GridSweeper(Sweeper):
             results = self.launcher.launch(jobs[first : first + size], initial_job_idx=first)
             for r in results:
                 _ = r.return_value  # a job that raised raises here, as in Hydra's sweepers
-            returns.append(results)
+            # Kept without the jobs' configs, so a sweep of 10,000 jobs holds about
+            # max_batch_size of them at a time.
+            returns.append([_slim(r) for r in results])
         return returns
+
+
+def _slim(r: JobReturn) -> JobReturn:
+    return JobReturn(overrides=r.overrides, working_dir=r.working_dir, task_name=r.task_name,
+                     status=r.status, _return_value=r._return_value)  # fmt: skip
 
 
 def grid(arguments: list[str]) -> list[list[str]]:

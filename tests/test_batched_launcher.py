@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from hydra import version
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 from hydra.version import VersionBase
 from omegaconf import DictConfig, OmegaConf
-from support import run_cli
+from support import children, run_cli, store, sweep_parent
 
 from hydra_plugins.runner_batched import hydra_yaml
 from runner import gate
@@ -109,3 +111,27 @@ def test_hydra_yaml_is_the_text_omegaconf_writes() -> None:
     for overrides in ([], ["lr=0.1", "optimizer=adam", "hydra.job.name=a: b", "seed=3"]):
         config = gate.compose_checked(overrides, {})
         assert hydra_yaml(config) == OmegaConf.to_yaml(OmegaConf.create({"hydra": config.hydra}))
+
+
+@pytest.mark.slow
+def test_a_thousand_job_sweep_loses_no_job_and_no_step(tmp_path: Path) -> None:
+    """1,000 jobs (four launches of 256 at most, each a batch, two tracking processes):
+    every child FINISHED under the sweep's parent, every epoch of each in the store."""
+    done = run_cli("-m", "lr=range(0.0001,0.10005,0.0001)", "epochs=5", "hydra.sweep.dir=sweep",
+                   cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert len(summary) == 1000 and set(summary["status"]) == {"FINISHED"}
+    client = store(tmp_path)
+    kids = children(client, sweep_parent(client, (tmp_path / "sweep").resolve()))
+    assert len(kids) == 1000 and {k.info.status for k in kids} == {"FINISHED"}
+    assert {k.info.run_id for k in kids} == set(summary["mlflow_run_id"])
+    # Every metric step of every child, counted in the store itself.
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        steps = db.execute(
+            "SELECT run_uuid, key, COUNT(DISTINCT step) FROM metrics "
+            "WHERE key IN ('loss', 'a', 'b', 'grad_a', 'grad_b', 'gap', 'distance') "
+            "GROUP BY run_uuid, key"
+        ).fetchall()
+    assert len(steps) == 1000 * 7 and {count for _, _, count in steps} == {5}
+    assert {run for run, _, _ in steps} == set(summary["mlflow_run_id"])

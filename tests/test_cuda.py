@@ -51,6 +51,29 @@ def test_one_host_sync_per_chunk_at_most() -> None:
     assert len(syncs) <= chunks, [str(w.message)[:120] for w in syncs]
 
 
+def test_a_batch_on_the_gpu_syncs_once_per_chunk_for_the_whole_group() -> None:
+    from runner.loop import Member, train
+
+    confs = [make_config("device=cuda", "data=synthetic", "data.n=100000", "epochs=3000",
+                         "chunk=1000", "optimizer=sgd", f"lr={lr}")
+             for lr in (0.01, 0.05, 0.1, 0.2)]  # fmt: skip
+    s = build(confs, None)
+    histories: list[list] = [[] for _ in confs]
+    members = [Member(s.optimizers[j], 3000, histories[j].append) for j in range(len(confs))]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=1000)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert [o.epochs for o in outcomes] == [3000] * 4
+    assert all(len(h) == 3 for h in histories)  # three chunks each
+    assert len(syncs) <= 3, [str(w.message)[:120] for w in syncs]
+
+
 def test_the_command_runs_on_the_gpu(tmp_path) -> None:
     done = subprocess.run(
         [

@@ -60,7 +60,7 @@ HYDRA_SETTABLE = (
     "hydra.launcher.gpus_per_node", "hydra.launcher.tasks_per_node", "hydra.launcher.mem_gb",
     "hydra.launcher.nodes", "hydra.launcher.name", "hydra.launcher.array_parallelism",
     "hydra.launcher.account", "hydra.launcher.qos", "hydra.launcher.constraint",
-    "hydra.launcher.exclude", "hydra.launcher.comment",
+    "hydra.launcher.exclude", "hydra.launcher.comment", "hydra.launcher.max_batch",
     "hydra.launcher.ray.init.address", "hydra.launcher.ray.remote.num_cpus",
     "hydra.launcher.ray.remote.num_gpus",
     "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction",

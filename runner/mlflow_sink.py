@@ -94,8 +94,7 @@ class MlflowSink:
             try:
                 tracking.tracker(self.lane).wait(self.ending, timeout(self.uri))
             except TrackingError as err:
-                self._fail(str(err))
-                _unended.append((self.uri, self.run_id, "FAILED"))
+                self._fail(str(err))  # (which leaves the run to be ended when it answers)
 
     def _end(self, ending: Ending) -> None:
         self.ended = True
@@ -130,6 +129,12 @@ class MlflowSink:
             )
             if not self.ended:  # no half-logged run left RUNNING: FAILED now, with why
                 self._end(Ending("FAILED", tags={"runner.tracking_error": why[:500]}))
+            elif self.ending is not None and (
+                not self.ending.done() or self.ending.exception() is not None
+            ):
+                # Its ending was handed over and not taken (a store that hung past its
+                # deadline, and the tracking process let go): ended once the store answers.
+                _unended.append((self.uri, self.run_id, "FAILED"))
 
 
 def _end_the_unended() -> None:

@@ -21,7 +21,8 @@ from runner.run import Result, RunContext, run_batch
 MEMBER_SETTINGS = {
     "lr", "seed", "epochs", "zero_grad", "check_grad", "check_grad_tol", "stop.tol",
     "model.init", "model.a", "model.b", "optimizer.momentum", "optimizer.nesterov",
-    "optimizer.weight_decay", "optimizer.betas", "optimizer.eps",
+    "optimizer.weight_decay", "optimizer.betas", "optimizer.eps", "mlflow.log_every",
+    "schedule.name", "schedule.step_size", "schedule.gamma", "schedule.t_max", "schedule.eta_min",
 }  # fmt: skip
 
 # Up to torch's grain size (32,768 elements), a reduction over one member's points runs on

@@ -148,6 +148,53 @@ class OptimizerConfig:
             raise ConfigError("momentum", self.momentum, "0 with adam (its betas play that part)")
 
 
+class ScheduleName(str, Enum):
+    constant = "constant"  # lr throughout
+    step = "step"  # lr * gamma every step_size epochs (torch.optim.lr_scheduler.StepLR)
+    exponential = "exponential"  # lr * gamma every epoch (ExponentialLR)
+    cosine = "cosine"  # from lr down to eta_min over t_max epochs (CosineAnnealingLR)
+
+
+# Which schedule settings belong to which schedule, and which of them it cannot do without.
+SCHEDULE_FIELDS = {
+    ScheduleName.constant: set(),
+    ScheduleName.step: {"step_size", "gamma"},
+    ScheduleName.exponential: {"gamma"},
+    ScheduleName.cosine: {"t_max", "eta_min"},
+}
+SCHEDULE_NEEDS = {ScheduleName.step: ("step_size", "gamma"), ScheduleName.exponential: ("gamma",)}
+
+
+@dataclass
+class ScheduleConfig:
+    """How lr changes from epoch to epoch; stepped once per epoch, after the optimizer."""
+
+    name: ScheduleName = ScheduleName.constant
+    step_size: Optional[int] = field(  # noqa: UP045 - step
+        default=None, metadata=check(lambda v: v is None or v >= 1, "an integer >= 1")
+    )
+    gamma: Optional[float] = field(  # noqa: UP045 - step, exponential
+        default=None, metadata=check(lambda v: v is None or _positive(v), "a number > 0")
+    )
+    t_max: Optional[int] = field(  # noqa: UP045 - cosine; null: the run's epochs
+        default=None, metadata=check(lambda v: v is None or v >= 1, "null or an integer >= 1")
+    )
+    eta_min: Optional[float] = field(  # noqa: UP045 - cosine: the lowest lr
+        default=None,
+        metadata=check(lambda v: v is None or (math.isfinite(v) and v >= 0), "a number >= 0"),
+    )
+
+    def check(self) -> None:
+        for name in sorted(set().union(*SCHEDULE_FIELDS.values()) - SCHEDULE_FIELDS[self.name]):
+            if getattr(self, name) is not None:
+                owners = [k.value for k, names in SCHEDULE_FIELDS.items() if name in names]
+                allowed = f"a setting of schedule={' or '.join(owners)} (add schedule={owners[0]})"
+                raise ConfigError(name, getattr(self, name), allowed)
+        for name in SCHEDULE_NEEDS.get(self.name, ()):
+            if getattr(self, name) is None:
+                raise ConfigError(name, None, f"a value for schedule={self.name.value}")
+
+
 # Which data settings belong to which kind: a setting of a kind that is not selected is an
 # error, never silently dropped (`data.path=p.csv` without `data=csv`).
 DATA_FIELDS = {
@@ -270,6 +317,10 @@ class MlflowConfig:
     enabled: bool = True
     required: bool = True  # false: when the store cannot be reached, train with the CSV only
     tracking_uri: Optional[str] = None  # noqa: UP045 - null: sqlite:///<launch dir>/mlflow.db
+    # every N-th epoch (and the last) goes to MLflow; the CSV keeps every epoch
+    log_every: int = field(default=1, metadata=check(lambda v: v >= 1, "an integer >= 1"))
+    # the trained model as an MLflow pyfunc model (runs:/<id>/model); see README for the cost
+    log_model: bool = False
     experiment: str = field(
         default="runner",
         metadata=check(
@@ -305,6 +356,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     lr: float = field(default=0.05, metadata=check(_positive, "a finite number > 0"))
     epochs: int = field(default=50, metadata=check(lambda v: v >= 1, "an integer >= 1"))
     device: Device = Device.cpu

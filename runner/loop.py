@@ -28,8 +28,9 @@ import pandas as pd
 import torch
 
 from runner.losses import Loss
-from runner.model import Linear
+from runner.model import Linear, joined
 from runner.optimizers import Optimizer
+from runner.schedules import Schedule
 
 
 class How(str, Enum):
@@ -66,10 +67,14 @@ class Member:
     zero_grad: bool = True  # false keeps the last gradient, so backward() adds to it (seed 001)
     tol: float | None = None  # stop.tol
     check_grad: float | None = None  # the gradient check's tolerance; None: no check
+    schedule: Schedule | None = None  # steps this member's lr after each epoch; None: constant
 
 
-def history_columns(names: tuple[str, ...], check_grad: bool = False) -> list[str]:
-    columns = ["epoch", "loss", *names, *(f"grad_{n}" for n in names)]
+def history_columns(
+    names: tuple[str, ...], check_grad: bool = False, lr: bool = False
+) -> list[str]:
+    """A member's columns: lr when it has a schedule, grad_check when it checks."""
+    columns = ["epoch", "loss", *(["lr"] if lr else []), *names, *(f"grad_{n}" for n in names)]
     return [*columns, "grad_check"] if check_grad else columns
 
 
@@ -86,7 +91,8 @@ def train(
     at its end), say how each member ended.
 
     Row k holds epoch k's loss, the parameters that loss was computed at (before the
-    step, as seed 002 prints them) and the gradient the step then used.
+    step, as seed 002 prints them) and the gradient the step then used; with a schedule,
+    also the lr that step used (a host float, kept beside the device rows).
 
     With `check_grad` (a tolerance), column grad_check holds each epoch's largest
     relative difference between autograd's gradient and the analytic one,
@@ -112,12 +118,14 @@ def train(
     outcomes: list[Outcome | None] = [None] * len(members)
     last_loss = [math.nan] * len(members)  # of the previous chunk, for stop.tol
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
+    lrs: list[list[float]] = [[] for _ in members]  # scheduled members' lr, per row
     ends = {m.epochs - 1 for m in members}  # a chunk is cut where a member ends
     target = y.expand(len(members), -1)  # a view: every member fits the same points
+    ones = torch.ones(len(members), dtype=x.dtype, device=x.device)
     try:
         for epoch in range(longest):
             if stop is not None and stop.is_set():  # a cheap flag, no host sync
-                _hand_over(rows[:recorded], first, columns, members, active)
+                _hand_over(rows[:recorded], first, columns, members, active, lrs)
                 for j in active:
                     outcomes[j] = Outcome(How.interrupted, epoch)
                 return outcomes  # type: ignore[return-value]
@@ -126,25 +134,29 @@ def train(
             for j in active:
                 if members[j].zero_grad:
                     members[j].optimizer.zero_grad()
-            # Each member's loss depends on its own parameters only: the gradient of the
-            # sum is every member's own gradient.
-            loss.sum().backward()
-            row = [loss.detach(), *(model.stacked(n).detach() for n in names)]
-            row += [torch.stack([p.grad for p in model.by_name[n]]) for n in names]
+            # Each member's loss depends on its own parameters only: backward from a 1 per
+            # member (the gradient of their sum) gives every member its own gradient.
+            loss.backward(ones)
+            row = [loss.detach(), *(model.values[n].detach() for n in names)]
+            row += [joined([p.grad for p in model.by_name[n]]) for n in names]
             if checking:
                 row.append(_grad_error(y_hat.detach() - y, x, row[-len(names) :]))
-            # It snapshots the parameters before step().
+            # It copies the parameters before step() changes them.
             torch.stack(row, dim=-1, out=slots[recorded])
             recorded += 1
             for j in active:
                 members[j].optimizer.step()
+                if (schedule := members[j].schedule) is not None:
+                    lrs[j].append(schedule.lr)  # the lr this step used
+                    schedule.step()  # once per epoch, after the optimizer (as torch wants)
             if recorded == len(rows) or epoch in ends:
                 # A member's last chunk brings the final parameters along: one sync, not two.
                 final = torch.stack([model.stacked(n).detach() for n in names], dim=-1)
                 values, finals = _to_host(rows[:recorded], final)
                 start, first, recorded = first, epoch + 1, 0  # handed over below, come what may
                 for j in list(active):
-                    frame = _frame(values[:, j], start, columns, members[j])
+                    frame = _frame(values[:, j], start, columns, members[j], lrs[j])
+                    lrs[j] = []
                     params = dict(zip(names, model.member(j), strict=True))
                     try:
                         outcome = _after_chunk(frame, finals[j], epoch, members[j],
@@ -159,7 +171,7 @@ def train(
                 if not active:
                     break
     except KeyboardInterrupt:
-        _hand_over(rows[:recorded], first, columns, members, active)  # the unfinished chunk
+        _hand_over(rows[:recorded], first, columns, members, active, lrs)  # unfinished chunk
         raise
     return outcomes  # type: ignore[return-value]
 
@@ -238,14 +250,19 @@ def _end_early(
 
 
 def _hand_over(
-    rows: torch.Tensor, first: int, columns: list[str], members: list[Member], active: dict
+    rows: torch.Tensor,
+    first: int,
+    columns: list[str],
+    members: list[Member],
+    active: dict,
+    lrs: list[list[float]],
 ) -> None:
     """On a stop: give each training member the rows recorded and not yet written."""
     if len(rows):
         values = _to_host(rows)[0]
         for j in active:
             with contextlib.suppress(Abandon):  # stopping anyway: its sinks say what they kept
-                members[j].write(_frame(values[:, j], first, columns, members[j]))
+                members[j].write(_frame(values[:, j], first, columns, members[j], lrs[j]))
 
 
 def _to_host(
@@ -258,10 +275,15 @@ def _to_host(
     return chunk, None if final is None else values[rows.numel() :].reshape(final.shape)
 
 
-def _frame(values: np.ndarray, first: int, columns: list[str], member: Member) -> pd.DataFrame:
-    """A member's rows of a chunk as its table (without grad_check if it has no check)."""
+def _frame(
+    values: np.ndarray, first: int, columns: list[str], member: Member, lrs: list[float]
+) -> pd.DataFrame:
+    """A member's rows of a chunk as its table: with its lr if it has a schedule, without
+    grad_check if it has no check."""
     frame = pd.DataFrame(values, columns=columns[1:])
     if member.check_grad is None and "grad_check" in frame:
         frame = frame.drop(columns="grad_check")
+    if member.schedule is not None:  # (a row whose step a Ctrl-C cut short: the lr it had)
+        frame.insert(1, "lr", [*lrs, *[member.schedule.lr] * (len(frame) - len(lrs))])
     frame.insert(0, "epoch", range(first, first + len(frame)))
     return frame

@@ -10,13 +10,14 @@ a run the store cannot end now is ended as soon as it answers again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from concurrent.futures import Future
 
 import pandas as pd
 
 from runner import tracking
-from runner.tracking import Ending, RunSpec, TrackingError
+from runner.tracking import DataSpec, Ending, RunSpec, TrackingError
 
 log = logging.getLogger("runner")
 
@@ -36,9 +37,14 @@ _unended: list[tuple[str, str, str]] = []
 
 
 class MlflowSink:
-    def __init__(self, spec: RunSpec, lane: int = 0) -> None:
+    def __init__(
+        self, spec: RunSpec, lane: int = 0, every: int = 1, data: DataSpec | None = None
+    ) -> None:
         self.spec = spec
+        self.data = data  # logged as the run's input once it is open
         self.lane = lane  # which tracking process stores this run (runner/tracking.py)
+        self.every = every  # mlflow.log_every: every N-th epoch, and the last
+        self.last_row: pd.DataFrame | None = None  # the newest row, if not sent: maybe the last
         self.uri = spec.tracking_uri
         self.run_id: str | None = None
         self.sent: list[Future] = []  # metric chunks not yet known to be stored
@@ -60,11 +66,26 @@ class MlflowSink:
             why = f"cannot open an MLflow run at {self.uri}: {err}"
             raise StoreUnavailable(why) from None
         _end_the_unended()
+        if self.data is not None:  # stored while the loop trains, like a chunk of metrics
+            tracker = tracking.tracker(self.lane)
+            data = self.data
+            if data.key in tracker.datasets:  # sent whole already: the process has it
+                data = dataclasses.replace(data, columns=None)
+            tracker.datasets.add(data.key)
+            self.sent.append(tracker.call_async(tracking.log_dataset, self.uri, self.run_id, data))
 
     def write(self, chunk: pd.DataFrame) -> None:
-        """Hand a chunk to the store; an earlier chunk's failure is noticed here."""
+        """Hand the chunk's every N-th epoch to the store; an earlier chunk's failure is
+        noticed here."""
+        if self.every > 1:
+            last = chunk.iloc[-1:]
+            chunk = chunk[chunk["epoch"].to_numpy() % self.every == 0]
+            self.last_row = None if int(last["epoch"].iloc[0]) % self.every == 0 else last
+        self._send(chunk)
+
+    def _send(self, chunk: pd.DataFrame) -> None:
         self._collect(wait=False)
-        if self.error:
+        if self.error or chunk.empty:
             return
         columns = {name: chunk[name].to_numpy() for name in chunk.columns[1:]}
         epochs = chunk["epoch"].to_numpy()
@@ -81,6 +102,9 @@ class MlflowSink:
     def finish(self, ending: Ending) -> None:
         """Hand the ending over: the store takes it after every chunk (its calls are answered
         in order), and ends the run FAILED instead if one of them failed."""
+        if self.last_row is not None:  # the run's last epoch, whatever N is
+            self._send(self.last_row)
+            self.last_row = None
         self._collect(wait=False)
         if not self.ended:
             self.ended = True

@@ -1,9 +1,10 @@
 """The model: y = a*x + b, or y = a*x without the bias (seed 000's theta), for a batch.
 
 A batch holds one model per job trained together (runner/batch.py); a single run is a
-batch of one. Each member's a and b are scalar parameters of their own, so each member's
-optimizer steps exactly the tensors a single run would step; the forward pass stacks
-them into vectors of shape [members] and computes every member's prediction at once.
+batch of one. Each member's a and b are parameters of their own (one value, shape [1]), so
+each member's optimizer steps exactly the tensors a single run would step; the forward
+pass joins them into vectors of shape [members] and computes every member's prediction
+at once.
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ class Linear(torch.nn.Module):
     def __init__(self, a: torch.Tensor, b: torch.Tensor | None) -> None:
         """a and b: one value per member, shape [members]."""
         super().__init__()
-        self.a = torch.nn.ParameterList(torch.nn.Parameter(v) for v in a.clone().unbind())
+        self.a = torch.nn.ParameterList(torch.nn.Parameter(v.clone()) for v in a.split(1))
         self.b = None
         if b is not None:
-            self.b = torch.nn.ParameterList(torch.nn.Parameter(v) for v in b.clone().unbind())
+            self.b = torch.nn.ParameterList(torch.nn.Parameter(v.clone()) for v in b.split(1))
         # Plain lists of the same tensors: ParameterList's indexing costs a lookup each time.
         self.by_name = {"a": list(self.a), **({"b": list(self.b)} if b is not None else {})}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [points] -> predictions [members, points]."""
-        y = self.stacked("a")[:, None] * x
-        return y if self.b is None else y + self.stacked("b")[:, None]
+        """x: [points] -> predictions [members, points]. The joined parameters stay in
+        `values` for the loop to record (before the step changes them)."""
+        self.values = {name: joined(params) for name, params in self.by_name.items()}
+        y = self.values["a"].unsqueeze(-1) * x  # (unsqueeze: cheaper than [:, None])
+        return y if self.b is None else y + self.values["b"].unsqueeze(-1)
 
     def stacked(self, name: str) -> torch.Tensor:
         """Parameter `name` of every member, shape [members] (autograd flows back to each)."""
-        return torch.stack(self.by_name[name])
+        return joined(self.by_name[name])
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.by_name)
@@ -42,6 +45,12 @@ class Linear(torch.nn.Module):
 
     def __len__(self) -> int:
         return len(self.by_name["a"])
+
+
+def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of shape [1] as one of shape [members]; a batch of one needs no copy (no op
+    at all, where every op of the loop costs microseconds)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def initial(cfg: ModelConfig, seed: int) -> tuple[float, float]:

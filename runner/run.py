@@ -9,6 +9,7 @@ closed with how the run ended, so no MLflow run stays RUNNING.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
-from runner.config import Config, ConfigError, plain
+from runner.config import Config, ConfigError, DataKind, plain
 from runner.data import load_arrays, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, train
 from runner.losses import Loss, build_loss
@@ -32,16 +33,20 @@ from runner.mlflow_sink import MlflowSink, StoreUnavailable
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
 from runner.provenance import record
+from runner.schedules import Schedule, build_schedule
 from runner.signals import STOPPER
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
 from runner.store import default_tracking_uri, run_name, server_problem
-from runner.tracking import Ending, RunSpec
+from runner.tracking import DataSpec, Ending, ModelSpec, RunSpec
 
 log = logging.getLogger("runner")
 
 # From this many jobs, a batch's MLflow runs are stored by two tracking processes: the
 # second one's start (importing MLflow, about 2.5 s of CPU) pays off.
 TWO_LANES = 16
+# Data logged as the run's MLflow input up to this many points: MLflow's pandas dataset
+# looks at every cell for its digest, about 2.3 s a million points in the tracking process.
+DATASET_POINTS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Setup:
     model: Linear  # one member per job (runner/model.py)
     loss_fn: Loss
     optimizers: list[Optimizer]  # member j's, stepping member j's parameters only
+    schedules: list[Schedule | None]  # member j's lr schedule; None: a constant lr
     x: torch.Tensor
     y: torch.Tensor
     points: tuple[np.ndarray, np.ndarray]  # the same data on the host, for the analysis
@@ -83,7 +89,11 @@ def build(confs: list[Config], launch_dir: Path | None) -> Setup:
     model = build_model([c.model for c in confs], [c.seed for c in confs], device)
     loss_fn = build_loss(conf.loss.name)
     optimizers = [build_optimizer(c.optimizer, model.member(j), c.lr) for j, c in enumerate(confs)]
-    return Setup(model, loss_fn, optimizers, x, y, points, optimum(*points, conf.model.bias))
+    schedules = [
+        build_schedule(c.schedule, o, c.epochs) for c, o in zip(confs, optimizers, strict=True)
+    ]
+    best = optimum(*points, conf.model.bias)
+    return Setup(model, loss_fn, optimizers, schedules, x, y, points, best)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,9 +142,9 @@ class JobRun:
                              optimum_loss=s.best.loss)  # fmt: skip
         self.ending = Ending("FAILED")
 
-    def request_store(self, s: Setup, lane: int) -> None:
+    def request_store(self, s: Setup, lane: int, data: DataSpec | None) -> None:
         """Ask for the MLflow run (every job of a batch asks before the first waits)."""
-        self.mlflow = _mlflow_sink(self.conf, s, self.ctx, lane)
+        self.mlflow = _mlflow_sink(self.conf, s, self.ctx, lane, data)
         if self.mlflow is not None:
             self.mlflow.request()
 
@@ -154,7 +164,8 @@ class JobRun:
 
     def open_sinks(self, s: Setup) -> None:
         check = self.conf.check_grad
-        columns = [*history_columns(s.model.names(), check), "gap", "distance"]
+        scheduled = self.conf.schedule.name != "constant"
+        columns = [*history_columns(s.model.names(), check, scheduled), "gap", "distance"]
         csv = CsvSink(self.csv_path, columns)  # first: the record that must never miss a row
         self.sinks = [csv]
         if self.mlflow and self.mlflow.run_id:
@@ -167,10 +178,11 @@ class JobRun:
             if sink is not self.mlflow:  # (the MLflow run is open already)
                 sink.open()
 
-    def member(self, optimizer: Optimizer) -> Member:
+    def member(self, optimizer: Optimizer, schedule: Schedule | None) -> Member:
         conf = self.conf
         check = conf.check_grad_tol if conf.check_grad else None
-        return Member(optimizer, conf.epochs, self.write, conf.zero_grad, conf.stop.tol, check)
+        return Member(optimizer, conf.epochs, self.write, conf.zero_grad, conf.stop.tol, check,
+                      schedule)  # fmt: skip
 
     def write(self, chunk: pd.DataFrame) -> None:
         chunk = add_distances(chunk, self.best)
@@ -218,13 +230,15 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     opened: list[JobRun] = []
     try:
         lanes = 2 if len(jobs) >= TWO_LANES else 1  # tracking processes for this batch
+        data = _data_spec(confs[0], s, ctxs[0].launch_dir)
         for j, job in enumerate(jobs):
-            job.request_store(s, lane=j % lanes)
+            job.request_store(s, j % lanes, data)
         for job in jobs:
             job.open_store()
             opened.append(job)  # from here on, it is closed whatever happens
             job.open_sinks(s)
-        members = [job.member(opt) for job, opt in zip(jobs, s.optimizers, strict=True)]
+        members = [job.member(o, sc) for job, o, sc in zip(jobs, s.optimizers, s.schedules,
+                                                            strict=True)]  # fmt: skip
         where = "its runs end KILLED, MLflow holding every epoch of their CSVs"
         if len(jobs) == 1:
             where = f"the run ends KILLED, MLflow holding every epoch of {jobs[0].csv_path}"
@@ -278,10 +292,13 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
         tags = {"early_stopped": "true", "converged_at_epoch": str(outcome.at_epoch)}
     result.status, result.final_loss = "FINISHED", final["final_loss"]
     result.final = {k: v for k, v in final.items() if k != "final_loss"}
-    return Ending("FINISHED", metrics=final, tags=tags, files=files, texts=texts)
+    model = _model_spec(s, final) if conf.mlflow.log_model else None
+    return Ending("FINISHED", metrics=final, tags=tags, files=files, texts=texts, model=model)
 
 
-def _mlflow_sink(conf: Config, s: Setup, ctx: RunContext, lane: int) -> MlflowSink | None:
+def _mlflow_sink(
+    conf: Config, s: Setup, ctx: RunContext, lane: int, data: DataSpec | None
+) -> MlflowSink | None:
     """The run's MLflow sink, not yet opened; None when MLflow is off or skipped."""
     if not conf.mlflow.enabled:
         return None
@@ -298,7 +315,34 @@ def _mlflow_sink(conf: Config, s: Setup, ctx: RunContext, lane: int) -> MlflowSi
     params |= {f"optimum.{k}": str(v) for k, v in s.best.params.items()}
     params |= {"optimum.loss": str(s.best.loss), "stable_lr_max": str(s.best.stable_lr_max)}
     spec = RunSpec(uri, conf.mlflow.experiment, run_name(list(ctx.overrides)), params, tags)
-    return MlflowSink(spec, lane)
+    return MlflowSink(spec, lane, conf.mlflow.log_every, data)
+
+
+def _data_spec(conf: Config, s: Setup, launch_dir: Path) -> DataSpec | None:
+    """The training data as MLflow's run input: named and sourced from the config."""
+    x, y = s.points
+    if not conf.mlflow.enabled or len(x) > DATASET_POINTS_MAX:
+        return None
+    data = conf.data
+    if data.kind == DataKind.csv:
+        path = (launch_dir / str(data.path)).resolve()  # (a relative path: from the launch dir)
+        name, source = path.name, str(path)
+    elif data.kind == DataKind.synthetic:
+        seed = data.seed if data.seed is not None else conf.seed
+        name = "synthetic"
+        source = (f"synthetic: n={data.n}, y = {data.true_a} * x + {data.true_b} + "
+                  f"{data.noise} * N(0, 1), seed={seed}")  # fmt: skip
+    else:
+        name, source = "inline", "data.x and data.y of the config"
+    key = hashlib.sha1(x.tobytes() + y.tobytes() + source.encode()).hexdigest()
+    columns = {"x": x, "y": y}
+    return DataSpec(key, name, source, data.kind == DataKind.csv, columns)
+
+
+def _model_spec(s: Setup, final: dict[str, float]) -> ModelSpec:
+    """A finished member's parameters as the MLflow model y = a * x + b."""
+    example = {"x": [float(v) for v in s.points[0][:5]]}
+    return ModelSpec({"x": final["final_a"]}, final.get("final_b", 0.0), example)
 
 
 def _final_metrics(s: Setup) -> list[dict[str, float]]:

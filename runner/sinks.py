@@ -108,6 +108,8 @@ class ProgressSink:
     def write(self, chunk: pd.DataFrame) -> None:
         self.bar.update(len(chunk))
         self.bar.set_postfix(loss=f"{chunk['loss'].iloc[-1]:.4g}", refresh=False)
+        if self.bar.n >= self.epochs:  # trained: gone, not a full bar while plots are drawn
+            self.bar.close()
 
     def close(self, ending: Ending) -> None:
         self.bar.close()

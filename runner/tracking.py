@@ -39,6 +39,17 @@ class TrackingError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class DataSpec:
+    """The training data, logged as the run's input (an MLflow pandas dataset)."""
+
+    key: str  # what the tracking process caches the dataset by (a hash of the points)
+    name: str
+    source: str  # the CSV file, or how the points were made
+    is_file: bool
+    columns: dict[str, np.ndarray] | None  # None: this tracking process has it cached
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """What an MLflow run is opened with."""
 
@@ -50,6 +61,15 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """The trained model, logged as an MLflow pyfunc model (runner/pyfunc_model.py)."""
+
+    weights: dict[str, float]  # input column -> weight
+    bias: float
+    example: dict[str, list[float]]  # a few training inputs: the model's input example
+
+
+@dataclass(frozen=True)
 class Ending:
     """How an MLflow run is ended: its status and what it gets last."""
 
@@ -58,6 +78,7 @@ class Ending:
     tags: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # artifacts, logged at the run's root
     texts: dict[str, str] = field(default_factory=dict)  # artifact name -> content
+    model: ModelSpec | None = None  # logged as the run's MLflow model, under "model"
 
 
 # --- the tracking process's side: called in order, one at a time ------------------------
@@ -66,6 +87,7 @@ _clients: dict[str, Any] = {}  # tracking URI -> MlflowClient
 _experiments: dict[tuple[str, str], str] = {}  # (URI, name) -> experiment id
 _open_runs: dict[str, str] = {}  # run id -> URI: the runs to end KILLED if the runner dies
 _failed: dict[str, str] = {}  # run id -> why a chunk of its metrics could not be stored
+_datasets: dict[str, Any] = {}  # DataSpec.key -> the dataset, as MLflow logs it
 
 
 def _client(uri: str) -> Any:
@@ -144,6 +166,28 @@ def log_metrics(uri: str, run_id: str, epochs: np.ndarray, columns: dict[str, np
     return len(points)
 
 
+def log_dataset(uri: str, run_id: str, data: DataSpec) -> None:
+    """The training data as the run's input: the dashboard's Dataset column, and a digest
+    that finds every run on the same data (`dataset.digest = '...'`)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    if data.key not in _datasets:
+        import pandas as pd
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.data.sources import LocalArtifactDatasetSource  # (made when it is imported)
+
+        source = (
+            LocalArtifactDatasetSource(data.source)
+            if data.is_file
+            else CodeDatasetSource({"runner.data": data.source})
+        )
+        dataset = from_pandas(pd.DataFrame(data.columns), source=source, name=data.name)
+        _datasets[data.key] = dataset._to_mlflow_entity()
+    context = InputTag("mlflow.data.context", "training")
+    _client(uri).log_inputs(run_id, datasets=[DatasetInput(_datasets[data.key], [context])])
+
+
 def end_run(uri: str, run_id: str, ending: Ending) -> None:
     """Final metrics, tags and artifacts, then the status."""
     from mlflow.entities import Metric, RunTag
@@ -169,8 +213,32 @@ def end_run(uri: str, run_id: str, ending: Ending) -> None:
             repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, uri)
             for path in paths:
                 repo.log_artifact(path)
+            if ending.model is not None:
+                repo.log_artifacts(_saved_model(ending.model, Path(tmp)), "model")
     client.set_terminated(run_id, ending.status)
     _open_runs.pop(run_id, None)
+
+
+def _saved_model(model: ModelSpec, tmp: Path) -> str:
+    """The run's pyfunc model, saved as code with its parameters as config (cheaper than
+    log_model: no model entity to create, and no copy of the run's metric history)."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([ColSpec("double", column) for column in model.weights])
+    signature = ModelSignature(inputs, Schema([TensorSpec(np.dtype(np.float64), (-1,))]))
+    path = tmp / "model"
+    mlflow.pyfunc.save_model(
+        path,
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        model_config={"weights": model.weights, "bias": model.bias},
+        signature=signature,
+        input_example=pd.DataFrame(model.example),
+        pip_requirements=[f"mlflow=={mlflow.__version__}", "pandas", "numpy"],
+    )
+    return str(path)
 
 
 def end_children(uri: str, parent_id: str, status: str) -> int:
@@ -248,7 +316,10 @@ class Tracker:
         self.backlog = 0  # metric points sent and not yet stored
         self.lock = threading.Lock()
         self.dead: str | None = None
-        threading.Thread(target=self._read_answers, name="tracking-answers", daemon=True).start()
+        self.datasets: set[str] = set()  # DataSpec keys sent whole: the process caches them
+        self.reader = threading.Thread(target=self._read_answers, name="tracking-answers",
+                                       daemon=True)  # fmt: skip
+        self.reader.start()
         self.call_async(_ready)
 
     def call_async(self, function: Callable[..., Any], *args: Any, points: int = 0) -> Future:

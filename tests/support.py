@@ -6,10 +6,9 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -31,14 +30,21 @@ def make_config(*overrides: str) -> Config:
     return gate.typed(gate.compose_checked(list(overrides), {}))
 
 
+def member_of(s: Any, j: int, conf: Config, write: Callable[[pd.DataFrame], None]) -> Any:
+    """Member j of a built Setup, with its config's settings, as runner/run.py makes it."""
+    from runner.loop import Member
+
+    check = conf.check_grad_tol if conf.check_grad else None
+    return Member(s.optimizers[j], conf.epochs, write, conf.zero_grad, conf.stop.tol, check,
+                  s.schedules[j])  # fmt: skip
+
+
 def train_setup(s: object, conf: Config, **kwargs: object) -> tuple[pd.DataFrame, object]:
     """Train a built Setup with the config's settings; the whole history and the Outcome."""
-    from runner.loop import Member, train
+    from runner.loop import train
 
     chunks: list[pd.DataFrame] = []
-    check = conf.check_grad_tol if conf.check_grad else None
-    member = Member(s.optimizers[0], conf.epochs, chunks.append, conf.zero_grad, conf.stop.tol,
-                    check)  # fmt: skip
+    member = member_of(s, 0, conf, chunks.append)
     (outcome,) = train(s.model, s.loss_fn, [member], s.x, s.y, conf.chunk, **kwargs)
     history = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
     return history, outcome
@@ -93,19 +99,58 @@ def kill_tree(pid: int) -> None:
 
 
 def wait_for_rows(csv: Path, rows: int = 1, timeout: float = 120) -> None:
-    """Until the CSV holds at least `rows` data rows."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until the CSV holds at least `rows` data rows: woken by the file system's notice of
+    each write to it (inotify, through watchdog), not by polling."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    reached = threading.Event()
+
+    def check() -> None:
         if csv.is_file() and csv.read_text().count("\n") > rows:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{csv} did not reach {rows} rows")
+            reached.set()
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if os.fsdecode(event.src_path) == str(csv):
+                check()
+
+    watched = csv.parent  # the run's directory may not exist yet: watch from where it will
+    while not watched.is_dir():
+        watched = watched.parent
+    observer = Observer()
+    observer.schedule(Handler(), str(watched), recursive=True)
+    observer.start()
+    try:
+        check()  # written before the watch began
+        if not reached.wait(timeout):
+            raise TimeoutError(f"{csv} did not reach {rows} rows")
+    finally:
+        observer.stop()
+        observer.join()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def output_until(process: subprocess.Popen[bytes], pattern: str, log: Path, timeout: float) -> str:
+    """The first match of `pattern` in what `process` writes to its stdout, read as it comes;
+    everything is copied on to `log`, also after the match (a full pipe would block it)."""
+    found: list[str] = []
+    matched = threading.Event()
+
+    def copy() -> None:
+        with log.open("w") as out:
+            for line in iter(process.stdout.readline, b""):
+                text = line.decode(errors="replace")
+                out.write(text)
+                out.flush()
+                if not found and (match := re.search(pattern, text)):
+                    found.append(match.group(1))
+                    matched.set()
+        matched.set()  # it ended: nothing more will come
+
+    threading.Thread(target=copy, daemon=True).start()
+    if not matched.wait(timeout) or not found:
+        raise RuntimeError(f"no {pattern!r} from {process.args[:3]}:\n{log.read_text()[-3000:]}")
+    return found[0]
 
 
 def start_dashboard(home: Path, port: int = 0) -> tuple[str, subprocess.Popen[bytes]]:
@@ -115,28 +160,22 @@ def start_dashboard(home: Path, port: int = 0) -> tuple[str, subprocess.Popen[by
     from mlflow import MlflowClient
 
     MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates the store
-    log_path = home / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runner.dashboard", "--port", str(port)],
-            cwd=home,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its workers share the group, so stopping it stops all
-        )
-    deadline = time.monotonic() + 90
-    while True:
-        bound = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-        if bound:
-            try:
-                urllib.request.urlopen(f"{bound.group(1)}/health", timeout=2)
-                return bound.group(1), process
-            except OSError:
-                pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_dashboard(process)
-            raise RuntimeError(log_path.read_text()[-3000:])
-        time.sleep(0.3)  # the server writes its address to the log: nothing to wait on
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner.dashboard", "--port", str(port)],
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers share the group, so stopping it stops all
+    )
+    try:
+        url = output_until(process, r"Uvicorn running on (http://127\.0\.0\.1:\d+)",
+                           home / "server.log", timeout=90)  # fmt: skip
+        # Bound and listening: the request waits in the socket's backlog until a worker takes it
+        urllib.request.urlopen(f"{url}/health", timeout=60)
+    except (RuntimeError, OSError):
+        stop_dashboard(process)
+        raise
+    return url, process
 
 
 def stop_dashboard(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:

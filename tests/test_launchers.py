@@ -14,18 +14,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import ephemeral_port_reserve
 import pandas as pd
+import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from support import (
     children,
-    free_port,
+    output_until,
     run_cli,
     runner_env,
     start_dashboard,
@@ -80,18 +81,16 @@ def _ray_env(**extra: str) -> dict[str, str]:
     }
 
 
-def _session_processes(session: int, marker: str) -> list[str]:
-    """Live processes of the head's session, or naming its temp dir (reaped zombies excluded)."""
+def _session_processes(session: int, marker: str) -> list[psutil.Process]:
+    """Live processes of the head's session, or naming its temp dir (zombies excluded)."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            state, sid = fields[0], int(fields[3])
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            if state != "Z" and (sid == session or marker in cmdline):
-                found.append(f"{proc.name} {cmdline[:120]}")
+    for process in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            named = marker in " ".join(process.info["cmdline"] or ())
+            if process.info["status"] != psutil.STATUS_ZOMBIE and (
+                named or os.getsid(process.pid) == session
+            ):
+                found.append(process)
     return found
 
 
@@ -100,24 +99,24 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     """A local Ray head (2 CPUs) on 127.0.0.1; yields its address and its --temp-dir."""
     # A short temp dir: Ray's unix socket paths below it must fit in 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    port = free_port()
     command = [
-        RAY_CLI, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-        "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-        f"--temp-dir={temp}", "--object-store-memory=100000000",
-        # Ports that default to fixed numbers, taken here so a second Ray on the host cannot clash
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+        "--object-store-memory=100000000",
+        # Ports that default to fixed numbers: 0 lets the head and the agent bind free ones
+        # themselves; the client server takes no 0, so it gets a port held in TIME_WAIT, which
+        # the kernel hands to no one else while Ray binds it.
+        "--port=0", "--dashboard-agent-listen-port=0",
+        f"--ray-client-server-port={ephemeral_port_reserve.reserve()}",
     ]  # fmt: skip
-    log = temp / "head.log"
-    with log.open("w") as out:
-        head = subprocess.Popen(
-            command,
-            cwd=temp,  # Ray's jobs run here, not in the driver's directory
-            env=_ray_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # gcs_server, raylet, agents, workers: one session to stop
-        )
+    head = subprocess.Popen(
+        command,
+        cwd=temp,  # Ray's jobs run here, not in the driver's directory
+        env=_ray_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # gcs_server, raylet, agents, workers: one session to stop
+    )
 
     def stop() -> None:
         # Only our own session: `ray stop --force` would also stop any other Ray on the host
@@ -125,20 +124,17 @@ def ray_head() -> Iterator[tuple[str, Path]]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while (left := _session_processes(head.pid, str(temp))) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _, left = psutil.wait_procs(_session_processes(head.pid, str(temp)), timeout=15)
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"Ray processes left behind: {left}"
 
-    deadline = time.monotonic() + 90
-    while "Ray runtime started" not in log.read_text():
-        if head.poll() is not None or time.monotonic() > deadline:
-            text = log.read_text()[-3000:]
-            stop()
-            pytest.fail(f"ray start --head failed:\n{text}")
-        time.sleep(0.2)
-    yield f"127.0.0.1:{port}", temp
+    try:
+        output_until(head, r"(Ray runtime started)", temp / "head.log", timeout=90)
+    except RuntimeError as e:
+        stop()
+        pytest.fail(f"ray start --head failed: {e}")
+    # Where the GCS listens, written by the head before it says it has started.
+    yield (temp / "ray_current_cluster").read_text().strip(), temp
     stop()
 
 

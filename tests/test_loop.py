@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support import make_config, train_history, train_setup
+from support import make_config, member_of, train_history, train_setup
 
 from runner.loop import Abandon, How, Member, train
 from runner.losses import manual_mse
@@ -223,17 +223,15 @@ def test_a_batch_trains_each_member_as_it_would_train_alone() -> None:
         ("lr=0.1", "model.init=random", "seed=3", "epochs=25", "zero_grad=false"),
         ("lr=0.02", "optimizer.momentum=0.9", "optimizer.nesterov=true", "epochs=45"),
         ("lr=0.05", "stop.tol=1e-4", "epochs=50", "check_grad=true"),
+        ("lr=0.15", "schedule=step", "schedule.step_size=4", "epochs=30"),  # lr column too
+        ("lr=0.1", "schedule=cosine", "epochs=35", "schedule.eta_min=0.01"),
     ]
     for optimizer in ("manual", "sgd"):
         confs = [make_config("experiment=seed_002", f"optimizer={optimizer}", "chunk=7", *s)
                  for s in settings]  # fmt: skip
         s = build(confs, None)
         histories: list[list[pd.DataFrame]] = [[] for _ in confs]
-        members = [
-            Member(s.optimizers[j], c.epochs, histories[j].append, c.zero_grad, c.stop.tol,
-                   c.check_grad_tol if c.check_grad else None)
-            for j, c in enumerate(confs)
-        ]  # fmt: skip
+        members = [member_of(s, j, c, histories[j].append) for j, c in enumerate(confs)]
         outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=7)
         for j, conf in enumerate(confs):
             alone, outcome = train_setup(build([conf], None), conf)
@@ -242,7 +240,8 @@ def test_a_batch_trains_each_member_as_it_would_train_alone() -> None:
             )
             assert outcomes[j] == outcome
         assert [o.how for o in outcomes] == [How.finished, How.diverged, How.finished,
-                                              How.finished, How.converged]  # fmt: skip
+                                              How.finished, How.converged, How.finished,
+                                              How.finished]  # fmt: skip
 
 
 def test_a_member_whose_record_fails_ends_and_the_others_go_on() -> None:

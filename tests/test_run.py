@@ -50,6 +50,28 @@ def test_csv_and_mlflow_hold_the_same_numbers(tmp_path: Path) -> None:
         assert [m.value for m in history] == csv[name].tolist(), name
 
 
+@pytest.mark.parametrize(
+    ("epochs", "every", "chunk", "steps"),
+    [
+        (25, 10, 7, [0, 10, 20, 24]),  # the last epoch too, though not a multiple
+        (21, 10, 10, [0, 10, 20]),  # the last epoch is a multiple: sent once
+        (30, 4, 1000, [0, 4, 8, 12, 16, 20, 24, 28, 29]),  # one chunk
+    ],
+)
+def test_log_every_sends_every_nth_epoch_and_the_last_while_the_csv_keeps_all(
+    tmp_path: Path, epochs: int, every: int, chunk: int, steps: list[int]
+) -> None:
+    csv_path = _run(tmp_path, f"epochs={epochs}", f"mlflow.log_every={every}", f"chunk={chunk}")
+    csv = pd.read_csv(csv_path).set_index("epoch")
+    assert len(csv) == epochs
+    found = _only_run(tmp_path)
+    assert found.data.params["mlflow.log_every"] == str(every)
+    for name in ["loss", "a", "b", "grad_a", "grad_b", "gap", "distance"]:
+        history = _store(tmp_path).get_metric_history(found.info.run_id, name)
+        assert [m.step for m in history] == steps, name
+        assert [m.value for m in history] == csv.loc[steps, name].tolist(), name
+
+
 def test_run_records_params_tags_final_metrics_and_artifacts(tmp_path: Path) -> None:
     _run(tmp_path, "optimizer=sgd", "lr=0.05")
     found = _only_run(tmp_path)
@@ -127,3 +149,64 @@ def test_a_loss_not_finite_at_epoch_0_ends_diverged_at_0(tmp_path: Path) -> None
     assert pd.read_csv(tmp_path / "out" / "metrics.csv").empty  # the header, no row
     tags = _only_run(tmp_path).data.tags
     assert tags["diverged"] == "true" and tags["diverged_at_epoch"] == "0"
+
+
+@pytest.mark.parametrize("model", ["linear", "linear_nobias"])
+def test_the_logged_model_predicts_with_the_runs_final_parameters(
+    tmp_path: Path, model: str
+) -> None:
+    import mlflow.pyfunc
+    import numpy as np
+
+    _run(tmp_path, f"model={model}", "optimizer=sgd", "mlflow.log_model=true", "plots=false")
+    found = _only_run(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    loaded = mlflow.pyfunc.load_model(f"runs:/{found.info.run_id}/model")
+    x = np.array([1.0, 2.0, -3.5])
+    predicted = loaded.predict(pd.DataFrame({"x": x}))
+    result = json.loads((tmp_path / "out" / "result.json").read_text())["final"]
+    expected = result["final_a"] * x + result.get("final_b", 0.0)
+    np.testing.assert_array_equal(predicted, expected)  # the final parameters, exactly
+    signature = loaded.metadata.signature
+    assert signature.inputs.input_names() == ["x"]
+    assert loaded.metadata.get_input_schema() is not None
+    example = loaded.input_example
+    assert example["x"].tolist() == [1.0, 2.0, 3.0]  # the training points (seed 002's x)
+
+
+def test_no_model_is_logged_unless_asked(tmp_path: Path) -> None:
+    _run(tmp_path, "plots=false")
+    artifacts = {a.path for a in _store(tmp_path).list_artifacts(_only_run(tmp_path).info.run_id)}
+    assert artifacts == {"config.yaml", "metrics.csv"}
+
+
+def test_the_training_data_is_the_runs_input_and_its_digest_finds_runs_on_the_same_data(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "points.csv").write_text("x,y\n1,3\n2,5\n3,7\n4,9\n")
+    for run_dir, overrides in [
+        ("one", ["data=csv", "data.path=points.csv", "lr=0.01"]),
+        ("two", ["data=csv", "data.path=points.csv", "lr=0.02"]),
+        ("three", ["lr=0.01"]),  # seed 002's inline points
+    ]:
+        (tmp_path / run_dir).mkdir()
+        conf = make_config(*overrides, "epochs=3", "plots=false")
+        run(conf, RunContext(tmp_path, tmp_path / run_dir, tuple(overrides)))
+    client = _store(tmp_path)
+    experiment = client.get_experiment_by_name("runner").experiment_id
+    runs = {r.data.tags["hydra.output_dir"]: r for r in client.search_runs([experiment])}
+    inputs = {d: r.inputs.dataset_inputs for d, r in runs.items()}
+    assert all(len(i) == 1 for i in inputs.values())
+    csv_input = inputs[str(tmp_path / "one")][0]
+    dataset = csv_input.dataset
+    assert dataset.name == "points.csv" and dataset.source_type == "local"
+    assert json.loads(dataset.source)["uri"] == str(tmp_path / "points.csv")
+    assert json.loads(dataset.profile) == {"num_rows": 4, "num_elements": 8}
+    assert [(t.key, t.value) for t in csv_input.tags] == [("mlflow.data.context", "training")]
+    inline = inputs[str(tmp_path / "three")][0].dataset
+    assert inline.name == "inline" and inline.digest != dataset.digest
+    same = client.search_runs([experiment], f"dataset.digest = '{dataset.digest}'")
+    assert {r.data.tags["hydra.output_dir"] for r in same} == {
+        str(tmp_path / "one"),
+        str(tmp_path / "two"),
+    }

@@ -63,6 +63,8 @@ def test_progress_bar_moves_by_chunks() -> None:
     bar = ProgressSink(epochs=30)
     bar.open()
     bar.write(pd.DataFrame({"epoch": range(10), "loss": np.linspace(1, 0.5, 10)}))
+    assert bar.bar.n == 10 and not bar.bar.disable  # still shown
     bar.write(pd.DataFrame({"epoch": range(10, 30), "loss": np.linspace(0.5, 0.1, 20)}))
     assert bar.bar.n == 30 and bar.bar.postfix == "loss=0.1"
+    assert bar.bar.disable  # closed once full: no full bar sits there while the run ends
     bar.close(Ending("FINISHED"))

@@ -23,6 +23,7 @@ MEMBER_SETTINGS = {
     "model.init", "model.a", "model.b", "optimizer.momentum", "optimizer.nesterov",
     "optimizer.weight_decay", "optimizer.betas", "optimizer.eps", "mlflow.log_every",
     "schedule.name", "schedule.step_size", "schedule.gamma", "schedule.t_max", "schedule.eta_min",
+    "stop.patience",
 }  # fmt: skip
 
 # Up to torch's grain size (32,768 elements), a reduction over one member's points runs on
@@ -53,8 +54,8 @@ def _shape(conf: Config) -> str:
     for key in MEMBER_SETTINGS:
         section, _, name = key.rpartition(".")
         (values[section] if section else values).pop(name)
-    if conf.data.kind == DataKind.synthetic and conf.data.seed is None:
-        values["seed"] = conf.seed  # the run's seed draws the data too
+    if conf.data.seed is None and (conf.data.kind == DataKind.synthetic or conf.data.val_fraction):
+        values["seed"] = conf.seed  # the run's seed draws the data or the validation split
     return json.dumps(values, sort_keys=True)
 
 

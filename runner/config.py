@@ -236,6 +236,10 @@ class DataConfig:
     path: Optional[str] = field(  # noqa: UP045
         default=None, metadata=check(lambda v: v is None or bool(v.strip()), "a file name")
     )
+    # any kind: this share of the points, drawn with the seed, is held out for val_loss
+    val_fraction: float = field(
+        default=0.0, metadata=check(lambda v: math.isfinite(v) and 0 <= v < 1, "in [0, 1)")
+    )
 
     def check(self) -> None:
         for name in sorted(set().union(*DATA_FIELDS.values()) - DATA_FIELDS[self.kind]):
@@ -346,6 +350,10 @@ class StopConfig:
     tol: Optional[float] = field(  # noqa: UP045 - stop once |loss_k - loss_k-1| < tol
         default=None, metadata=check(lambda v: v is None or _positive(v), "null or > 0")
     )
+    # stop once val_loss has not improved for this many epochs (needs data.val_fraction > 0)
+    patience: Optional[int] = field(  # noqa: UP045
+        default=None, metadata=check(lambda v: v is None or v >= 1, "null or an integer >= 1")
+    )
 
 
 @dataclass
@@ -362,6 +370,12 @@ class Config:
     device: Device = Device.cpu
     seed: int = field(default=0, metadata=check(_seed, f"an integer in [0, {SEED_MAX}]"))
     zero_grad: bool = True  # false: gradients accumulate across epochs, as in seed 001
+    # points per step; null: the whole data set, one step an epoch (the notebooks)
+    batch_size: Optional[int] = field(  # noqa: UP045
+        default=None, metadata=check(lambda v: v is None or v >= 1, "null or an integer >= 1")
+    )
+    shuffle: bool = True  # mini-batches: a fresh order each epoch from the seed
+    drop_last: bool = False  # mini-batches: skip the last, smaller batch
     # epochs of history kept on the device between two host copies
     chunk: int = field(
         default=1000, metadata=check(lambda v: 1 <= v <= CHUNK_MAX, f"in [1, {CHUNK_MAX}]")
@@ -380,6 +394,9 @@ class Config:
         if self.check_grad and not self.zero_grad:
             allowed = "false with zero_grad=false (accumulated gradients are not the analytic one)"
             raise ConfigError("check_grad", True, allowed)
+        if self.stop.patience is not None and not self.data.val_fraction:
+            allowed = "null unless data.val_fraction > 0 (it watches val_loss)"
+            raise ConfigError("stop.patience", self.stop.patience, allowed)
 
 
 ConfigStore.instance().store(name="schema", node=Config)

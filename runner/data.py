@@ -74,6 +74,23 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return columns[0], columns[1]
 
 
+def split(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """(training points, validation points): round(fraction * n) points drawn with the seed
+    are held out, the rest keep their order; no split for a fraction of 0."""
+    if not fraction:
+        return (x, y), None
+    held = round(fraction * len(x))
+    if not 1 <= held < len(x):
+        allowed = f"a share that leaves both sets a point ({len(x)} points: {held} held out)"
+        raise ConfigError("data.val_fraction", fraction, allowed)
+    order = np.random.default_rng(seed).permutation(len(x))
+    val = np.sort(order[:held])
+    train = np.sort(order[held:])
+    return (x[train], y[train]), (x[val], y[val])
+
+
 def to_tensors(
     x: np.ndarray, y: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:

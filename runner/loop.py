@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from runner.losses import Loss
+from runner.minibatch import MiniBatches
 from runner.model import Linear, joined
 from runner.optimizers import Optimizer
 from runner.schedules import Schedule
@@ -38,6 +39,7 @@ class How(str, Enum):
 
     finished = "finished"  # every epoch ran
     converged = "converged"  # stop.tol: the loss changed by less than the tolerance
+    stalled = "stalled"  # stop.patience: val_loss did not improve for that many epochs
     diverged = "diverged"  # a non-finite loss, parameter or gradient
     grad_check_failed = "grad_check_failed"  # autograd and the analytic gradient disagreed
     interrupted = "interrupted"  # a stop signal, at an epoch boundary
@@ -68,13 +70,30 @@ class Member:
     tol: float | None = None  # stop.tol
     check_grad: float | None = None  # the gradient check's tolerance; None: no check
     schedule: Schedule | None = None  # steps this member's lr after each epoch; None: constant
+    patience: int | None = None  # stop.patience (needs validation points)
+
+
+@dataclass
+class Watch:
+    """What a member's early stops remember from one chunk to the next."""
+
+    last_loss: float = math.nan  # for stop.tol
+    best_val: float = math.inf  # for stop.patience: the lowest val_loss so far ...
+    since: int = 0  # ... and the epochs since it
 
 
 def history_columns(
-    names: tuple[str, ...], check_grad: bool = False, lr: bool = False
+    names: tuple[str, ...],
+    check_grad: bool = False,
+    lr: bool = False,
+    val: bool = False,
+    minibatch: bool = False,
 ) -> list[str]:
-    """A member's columns: lr when it has a schedule, grad_check when it checks."""
-    columns = ["epoch", "loss", *(["lr"] if lr else []), *names, *(f"grad_{n}" for n in names)]
+    """A member's columns: val_loss with validation points, lr when it has a schedule,
+    train_loss_mean with mini-batches, grad_check when it checks."""
+    columns = ["epoch", "loss", *(["val_loss"] if val else []), *(["lr"] if lr else [])]
+    columns += [*names, *(f"grad_{n}" for n in names)]
+    columns += ["train_loss_mean"] if minibatch else []
     return [*columns, "grad_check"] if check_grad else columns
 
 
@@ -86,6 +105,8 @@ def train(
     y: torch.Tensor,
     chunk: int = 1000,
     stop: threading.Event | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batches: MiniBatches | None = None,
 ) -> list[Outcome]:
     """Run the epochs, hand each member's history to its `write` every `chunk` epochs (and
     at its end), say how each member ended.
@@ -94,13 +115,22 @@ def train(
     step, as seed 002 prints them) and the gradient the step then used; with a schedule,
     also the lr that step used (a host float, kept beside the device rows).
 
+    With validation points `val` (x, y), column val_loss holds each epoch's loss on them,
+    at the same parameters as `loss`.
+
+    With mini-batches (`batches`), an epoch is one step per batch; `loss` stays the loss
+    on the whole data at the parameters the epoch started from (so runs with different
+    batch sizes compare on one axis), the gradient is the last step's, and column
+    train_loss_mean holds the mean of the epoch's batch losses.
+
     With `check_grad` (a tolerance), column grad_check holds each epoch's largest
     relative difference between autograd's gradient and the analytic one,
     2/N sum (y_hat - y) * x and 2/N sum (y_hat - y), computed on the device.
 
     A member ends early, after writing every row it keeps: at its first non-finite row
     (diverged), at its first grad_check above its tolerance, once its loss changes by
-    less than its `tol` (converged), or, like every member, at the epoch boundary after
+    less than its `tol` (converged), once its val_loss has not improved for `patience`
+    epochs (stalled), or, like every member, at the epoch boundary after
     `stop` is set. All but the last are found on the host copy of each chunk, so they
     cost no extra sync; the epochs a chunk ran past a member's end are undone by
     restoring its parameters from the history. On Ctrl-C the rows recorded and not yet
@@ -108,7 +138,7 @@ def train(
     """
     names = model.names()
     checking = any(m.check_grad is not None for m in members)
-    columns = history_columns(names, checking)
+    columns = history_columns(names, checking, val=val is not None, minibatch=bool(batches))
     longest = max(m.epochs for m in members)
     # [epoch in chunk, member, column]: one small device-side kernel fills an epoch's slot.
     rows = torch.empty((min(chunk, longest), len(members), len(columns) - 1), dtype=x.dtype,
@@ -116,12 +146,14 @@ def train(
     slots = rows.unbind(0)
     active = dict.fromkeys(range(len(members)))  # members still training, in order
     outcomes: list[Outcome | None] = [None] * len(members)
-    last_loss = [math.nan] * len(members)  # of the previous chunk, for stop.tol
+    watches = [Watch() for _ in members]
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
     lrs: list[list[float]] = [[] for _ in members]  # scheduled members' lr, per row
     ends = {m.epochs - 1 for m in members}  # a chunk is cut where a member ends
-    target = y.expand(len(members), -1)  # a view: every member fits the same points
-    ones = torch.ones(len(members), dtype=x.dtype, device=x.device)
+    if val is not None:
+        val = (val[0], val[1].expand(len(members), -1))
+    epochs = _Epochs(model, loss_fn, members, active, x, y.expand(len(members), -1), val,
+                     batches, checking)  # fmt: skip
     try:
         for epoch in range(longest):
             if stop is not None and stop.is_set():  # a cheap flag, no host sync
@@ -129,23 +161,9 @@ def train(
                 for j in active:
                     outcomes[j] = Outcome(How.interrupted, epoch)
                 return outcomes  # type: ignore[return-value]
-            y_hat = model(x)
-            loss = loss_fn(y_hat, target)  # one loss per member
-            for j in active:
-                if members[j].zero_grad:
-                    members[j].optimizer.zero_grad()
-            # Each member's loss depends on its own parameters only: backward from a 1 per
-            # member (the gradient of their sum) gives every member its own gradient.
-            loss.backward(ones)
-            row = [loss.detach(), *(model.values[n].detach() for n in names)]
-            row += [joined([p.grad for p in model.by_name[n]]) for n in names]
-            if checking:
-                row.append(_grad_error(y_hat.detach() - y, x, row[-len(names) :]))
-            # It copies the parameters before step() changes them.
-            torch.stack(row, dim=-1, out=slots[recorded])
+            epochs.run(slots[recorded])
             recorded += 1
             for j in active:
-                members[j].optimizer.step()
                 if (schedule := members[j].schedule) is not None:
                     lrs[j].append(schedule.lr)  # the lr this step used
                     schedule.step()  # once per epoch, after the optimizer (as torch wants)
@@ -160,14 +178,12 @@ def train(
                     params = dict(zip(names, model.member(j), strict=True))
                     try:
                         outcome = _after_chunk(frame, finals[j], epoch, members[j],
-                                               last_loss[j], params)  # fmt: skip
+                                               watches[j], params)  # fmt: skip
                     except Abandon as err:
                         outcome = Outcome(How.abandoned, start, epoch, str(err))
                     if outcome is not None:
                         outcomes[j] = outcome
                         del active[j]
-                    else:
-                        last_loss[j] = frame["loss"].iloc[-1]
                 if not active:
                     break
     except KeyboardInterrupt:
@@ -176,16 +192,96 @@ def train(
     return outcomes  # type: ignore[return-value]
 
 
+@dataclass
+class _Epochs:
+    """What every epoch of a batch works with, and one epoch's steps."""
+
+    model: Linear
+    loss_fn: Loss
+    members: list[Member]
+    active: dict  # the members still training
+    x: torch.Tensor
+    y: torch.Tensor  # [members, points]: a view, every member fits the same points
+    val: tuple[torch.Tensor, torch.Tensor] | None  # held-out (x, y [members, points])
+    batches: MiniBatches | None
+    checking: bool  # some member checks its gradient
+
+    def __post_init__(self) -> None:
+        self.names = self.model.names()
+        self.ones = torch.ones(len(self.members), dtype=self.x.dtype, device=self.x.device)
+
+    def run(self, slot: torch.Tensor) -> None:
+        """One epoch; fills its row of the history ([members, columns])."""
+        if self.batches is None:
+            self._full_batch(slot)
+        else:
+            self._minibatches(slot)
+
+    def _full_batch(self, slot: torch.Tensor) -> None:
+        """One step on the whole data."""
+        y_hat, loss = self._backward(self.x, self.y)
+        row = [loss.detach(), *self._val_loss()]  # (at the parameters of `loss`)
+        row += [self.model.values[n].detach() for n in self.names]
+        row += self._grads()
+        if self.checking:
+            row.append(_grad_error(y_hat.detach() - self.y, self.x, row[-len(self.names) :]))
+        torch.stack(row, dim=-1, out=slot)  # a copy of the parameters, before step()
+        self._step()
+
+    def _minibatches(self, slot: torch.Tensor) -> None:
+        """One step per mini-batch; the row starts at the parameters the epoch starts from."""
+        with torch.no_grad():
+            head = [self.loss_fn(self.model(self.x), self.y), *self._val_loss()]
+            head += [self.model.values[n] for n in self.names]
+            slot[:, : len(head)] = torch.stack(head, dim=-1)  # a copy: the steps change them
+        total = torch.zeros_like(self.ones)
+        for points in self.batches.epoch():
+            # [size] in data order; [members, size] shuffled (each member its own order)
+            xb = self.x[points]
+            yb = self.y[:, points] if isinstance(points, slice) else self.y.gather(1, points)
+            y_hat, loss = self._backward(xb, yb)
+            total += loss.detach()
+            self._step()
+        tail = [*self._grads(), total / self.batches.steps]  # the last step's gradient
+        if self.checking:
+            tail.append(_grad_error(y_hat.detach() - yb, xb, tail[: len(self.names)]))
+        slot[:, len(head) :] = torch.stack(tail, dim=-1)
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y_hat = self.model(x)
+        loss = self.loss_fn(y_hat, y)  # one loss per member
+        for j in self.active:
+            if self.members[j].zero_grad:
+                self.members[j].optimizer.zero_grad()
+        # Each member's loss depends on its own parameters only: backward from a 1 per member
+        # (the gradient of their sum) gives every member its own gradient.
+        loss.backward(self.ones)
+        return y_hat, loss
+
+    def _step(self) -> None:
+        for j in self.active:
+            self.members[j].optimizer.step()
+
+    def _val_loss(self) -> list[torch.Tensor]:
+        if self.val is None:
+            return []
+        with torch.no_grad():
+            return [self.loss_fn(self.model(self.val[0]), self.val[1])]
+
+    def _grads(self) -> list[torch.Tensor]:
+        return [joined([p.grad for p in self.model.by_name[n]]) for n in self.names]
+
+
 def _after_chunk(
     frame: pd.DataFrame,
     final: np.ndarray,
     epoch: int,
     member: Member,
-    last_loss: float,
+    watch: Watch,
     params: dict[str, torch.nn.Parameter],
 ) -> Outcome | None:
     """Hand a member its chunk; its Outcome if the chunk ended it, else None."""
-    ending = _first_stop(frame, last_loss, member.tol, member.check_grad)
+    ending = _first_stop(frame, watch, member)
     if ending is not None:
         return _end_early(frame, *ending, params, member.write)
     member.write(frame)
@@ -203,23 +299,32 @@ def _grad_error(residual: torch.Tensor, x: torch.Tensor, grads: list) -> torch.T
     return torch.stack(errors).amax(dim=0)
 
 
-def _first_stop(
-    frame: pd.DataFrame, last_loss: float, tol: float | None, grad_tol: float | None
-) -> tuple[int, How] | None:
-    """The first row that diverged, failed the gradient check or converged, and which."""
+def _first_stop(frame: pd.DataFrame, watch: Watch, member: Member) -> tuple[int, How] | None:
+    """The first row that diverged, failed the gradient check, converged or stalled, and
+    which; `watch` moves on to the end of the chunk."""
     stops: list[tuple[int, How]] = []
     finite = np.isfinite(frame.to_numpy()).all(axis=1)
     if not finite.all():
         stops.append((int(np.argmin(finite)), How.diverged))
-    if grad_tol is not None:
-        over = np.flatnonzero(frame["grad_check"].to_numpy() > grad_tol)
+    if member.check_grad is not None:
+        over = np.flatnonzero(frame["grad_check"].to_numpy() > member.check_grad)
         if over.size:
             stops.append((int(over[0]), How.grad_check_failed))
-    if tol is not None:
-        change = np.abs(np.diff(frame["loss"].to_numpy(), prepend=last_loss))
-        calm = np.flatnonzero(change < tol)
+    losses = frame["loss"].to_numpy()
+    if member.tol is not None:
+        change = np.abs(np.diff(losses, prepend=watch.last_loss))
+        calm = np.flatnonzero(change < member.tol)
         if calm.size:
             stops.append((int(calm[0]), How.converged))
+    watch.last_loss = losses[-1] if len(losses) else watch.last_loss
+    if member.patience is not None:
+        for i, value in enumerate(frame["val_loss"].to_numpy()):
+            watch.best_val, watch.since = (
+                (value, 0) if value < watch.best_val else (watch.best_val, watch.since + 1)
+            )
+            if watch.since >= member.patience:
+                stops.append((i, How.stalled))
+                break
     return min(stops, key=lambda stop: stop[0]) if stops else None
 
 
@@ -241,7 +346,7 @@ def _end_early(
         return Outcome(
             how, epochs, epoch, f"gradient check failed at epoch {epoch}: error {error:.3g}"
         )
-    if how == How.converged and stop + 1 < len(frame):
+    if how in (How.converged, How.stalled) and stop + 1 < len(frame):
         # The parameters after step `stop` are the ones row stop + 1 was computed at.
         with torch.no_grad():
             for name, p in params.items():
@@ -284,6 +389,7 @@ def _frame(
     if member.check_grad is None and "grad_check" in frame:
         frame = frame.drop(columns="grad_check")
     if member.schedule is not None:  # (a row whose step a Ctrl-C cut short: the lr it had)
-        frame.insert(1, "lr", [*lrs, *[member.schedule.lr] * (len(frame) - len(lrs))])
+        lr = [*lrs, *[member.schedule.lr] * (len(frame) - len(lrs))]
+        frame.insert(1 + ("val_loss" in frame), "lr", lr)  # after loss (and val_loss)
     frame.insert(0, "epoch", range(first, first + len(frame)))
     return frame

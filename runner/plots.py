@@ -76,6 +76,10 @@ def _loss(
         ax.plot([], [], " ", label="optimum: 0 (the line fits the data exactly)")
     else:
         ax.axhline(best.loss, color="C3", linestyle="--", label=f"optimum {best.loss:.4g}")
+    if "train_loss_mean" in history:  # mini-batches: what the steps saw, on average
+        ax.plot(history["epoch"], history["train_loss_mean"], alpha=0.6, label="mean batch loss")
+    if "val_loss" in history:
+        ax.plot(history["epoch"], history["val_loss"], color="C2", label="val_loss (held out)")
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="loss (MSE, log scale)", title="Loss per epoch")
     ax.grid(True, which="both", alpha=0.3)

@@ -33,11 +33,12 @@ SUMMARY_COLUMNS = [
     "epochs_run",
     "diverged_at_epoch",
     "converged_at_epoch",
+    "stalled_at_epoch",
     "mlflow_run_id",
 ]
 # Best first: finished runs (by final loss), then the ones that ran off, were stopped, broke.
 STATUS_ORDER = {"FINISHED": 0, "DIVERGED": 1, "KILLED": 2, "FAILED": 3}
-INT_COLUMNS = ("epochs_run", "diverged_at_epoch", "converged_at_epoch")
+INT_COLUMNS = ("epochs_run", "diverged_at_epoch", "converged_at_epoch", "stalled_at_epoch")
 FLOAT_COLUMNS = ("lr", "stable_lr_max", "final_loss", "final_a", "final_b")
 WIDE = (8, 5)  # inches; every picture of this module has this size
 DPI = 110

@@ -26,9 +26,10 @@ from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
 from runner.config import Config, ConfigError, DataKind, plain
-from runner.data import load_arrays, to_tensors
+from runner.data import load_arrays, split, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, train
 from runner.losses import Loss, build_loss
+from runner.minibatch import MiniBatches
 from runner.mlflow_sink import MlflowSink, StoreUnavailable
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
@@ -73,7 +74,9 @@ class Setup:
     schedules: list[Schedule | None]  # member j's lr schedule; None: a constant lr
     x: torch.Tensor
     y: torch.Tensor
-    points: tuple[np.ndarray, np.ndarray]  # the same data on the host, for the analysis
+    val: tuple[torch.Tensor, torch.Tensor] | None  # the held-out points (data.val_fraction)
+    batches: MiniBatches | None  # batch_size: each epoch's steps; None: one step on all
+    points: tuple[np.ndarray, np.ndarray]  # the training data on the host, for the analysis
     best: Optimum  # the exact least-squares solution of this data
 
 
@@ -85,7 +88,10 @@ def build(confs: list[Config], launch_dir: Path | None) -> Setup:
     if conf.deterministic:
         torch.use_deterministic_algorithms(True)
     points = load_arrays(conf.data, conf.seed, launch_dir or Path.cwd())
+    seed = conf.data.seed if conf.data.seed is not None else conf.seed
+    points, held_out = split(*points, conf.data.val_fraction, seed)
     x, y = to_tensors(*points, device)
+    val = to_tensors(*held_out, device) if held_out is not None else None
     model = build_model([c.model for c in confs], [c.seed for c in confs], device)
     loss_fn = build_loss(conf.loss.name)
     optimizers = [build_optimizer(c.optimizer, model.member(j), c.lr) for j, c in enumerate(confs)]
@@ -93,7 +99,19 @@ def build(confs: list[Config], launch_dir: Path | None) -> Setup:
         build_schedule(c.schedule, o, c.epochs) for c, o in zip(confs, optimizers, strict=True)
     ]
     best = optimum(*points, conf.model.bias)
-    return Setup(model, loss_fn, optimizers, schedules, x, y, points, best)
+    batches = _minibatches(confs, len(points[0]), device)
+    return Setup(model, loss_fn, optimizers, schedules, x, y, val, batches, points, best)
+
+
+def _minibatches(confs: list[Config], n: int, device: torch.device) -> MiniBatches | None:
+    conf = confs[0]
+    if conf.batch_size is None:
+        return None
+    if conf.drop_last and conf.batch_size > n:
+        allowed = f"at most {n} (the training points) with drop_last=true, or drop_last=false"
+        raise ConfigError("batch_size", conf.batch_size, allowed)
+    seeds = [c.seed for c in confs]  # each member shuffles with its own seed
+    return MiniBatches(conf.batch_size, conf.shuffle, conf.drop_last, seeds, n, device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,6 +137,7 @@ class Result:
     mlflow_run_id: str | None = None
     diverged_at_epoch: int | None = None
     converged_at_epoch: int | None = None  # stop.tol ended the run early
+    stalled_at_epoch: int | None = None  # stop.patience ended it: val_loss stopped improving
     failure: str | None = None  # why a FAILED run failed
     tracking_error: str | None = None  # MLflow failed; the CSV went on alone
     signal: int | None = None  # the stop signal of a KILLED run
@@ -165,7 +184,9 @@ class JobRun:
     def open_sinks(self, s: Setup) -> None:
         check = self.conf.check_grad
         scheduled = self.conf.schedule.name != "constant"
-        columns = [*history_columns(s.model.names(), check, scheduled), "gap", "distance"]
+        columns = history_columns(s.model.names(), check, scheduled, s.val is not None,
+                                  s.batches is not None)  # fmt: skip
+        columns += ["gap", "distance"]
         csv = CsvSink(self.csv_path, columns)  # first: the record that must never miss a row
         self.sinks = [csv]
         if self.mlflow and self.mlflow.run_id:
@@ -182,7 +203,7 @@ class JobRun:
         conf = self.conf
         check = conf.check_grad_tol if conf.check_grad else None
         return Member(optimizer, conf.epochs, self.write, conf.zero_grad, conf.stop.tol, check,
-                      schedule)  # fmt: skip
+                      schedule, conf.stop.patience)  # fmt: skip
 
     def write(self, chunk: pd.DataFrame) -> None:
         chunk = add_distances(chunk, self.best)
@@ -243,7 +264,8 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
         if len(jobs) == 1:
             where = f"the run ends KILLED, MLflow holding every epoch of {jobs[0].csv_path}"
         with STOPPER.listening_while(where):
-            outcomes = train(s.model, s.loss_fn, members, s.x, s.y, confs[0].chunk, STOPPER.stop)
+            outcomes = train(s.model, s.loss_fn, members, s.x, s.y, confs[0].chunk, STOPPER.stop,
+                             s.val, s.batches)  # fmt: skip
         finals = _final_metrics(s)
         for j, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
             job.ending = _conclude(outcome, job, s, finals[j])
@@ -273,7 +295,7 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
         return Ending("FAILED", tags={"runner.error": outcome.detail})
     written = job.ctx.run_dir / ".hydra" / "config.yaml"  # Hydra's copy of the job's config
     config_yaml = written.read_text() if written.is_file() else OmegaConf.to_yaml(plain(conf))
-    finished = outcome.how in (How.finished, How.converged)
+    finished = outcome.how in (How.finished, How.converged, How.stalled)
     plots = conf.plots if conf.plots is not None else not job.ctx.in_sweep
     pictures = _plots(job.csv_path, s, final if finished else None) if plots else []
     files = [str(job.csv_path), *map(str, pictures)]
@@ -290,6 +312,9 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
     if outcome.how == How.converged:
         result.converged_at_epoch = outcome.at_epoch
         tags = {"early_stopped": "true", "converged_at_epoch": str(outcome.at_epoch)}
+    if outcome.how == How.stalled:
+        result.stalled_at_epoch = outcome.at_epoch
+        tags = {"early_stopped": "true", "stalled_at_epoch": str(outcome.at_epoch)}
     result.status, result.final_loss = "FINISHED", final["final_loss"]
     result.final = {k: v for k, v in final.items() if k != "final_loss"}
     model = _model_spec(s, final) if conf.mlflow.log_model else None
@@ -381,10 +406,14 @@ def _plots(csv_path: Path, s: Setup, final: dict[str, float] | None) -> list[Pat
 def _warn_if_unstable(conf: Config, best: Optimum) -> None:
     plain = conf.optimizer.name != "adam" and not conf.optimizer.momentum
     if plain and conf.lr >= best.stable_lr_max:
+        if conf.batch_size is None:
+            expect = "expect it to diverge"
+        else:  # a mini-batch's Hessian is not the whole data's: say only what is known
+            expect = "that is the full-batch limit; with mini-batches the limit is not known here"
         log.warning(
             f"runner: warning: lr={conf.lr:g} is at or above {best.stable_lr_max:.4g}, the largest "
             "stable step for plain gradient descent on this data (2 / largest eigenvalue of the "
-            "loss's Hessian): expect it to diverge"
+            f"loss's Hessian): {expect}"
         )
 
 
@@ -445,6 +474,11 @@ def _print_summary(
             f"runner: optimum loss {best.loss:.6g} at {exact}: gap {result.final['final_gap']:.3g},"
             f" distance {result.final['final_distance']:.3g}"
         )
+        if result.stalled_at_epoch is not None:
+            log.info(
+                f"runner: stopped early at epoch {result.stalled_at_epoch}: val_loss did not "
+                f"improve for stop.patience={conf.stop.patience} epochs"
+            )
         if result.converged_at_epoch is not None:
             log.info(
                 f"runner: stopped early: the loss changed by less than stop.tol={conf.stop.tol}"

@@ -203,6 +203,7 @@ def cases(home: Path, quick: bool, cuda: bool) -> list[Case]:
     hand = _script(home, "handwritten.py", HANDWRITTEN)
     bare = _script(home, "bare.py", BARE)
     long_epochs = 500 if quick else 10_000
+    million = 20_000 if quick else 1_000_000  # epochs of the long-run target
     big_n, big_epochs = (10_000, 20) if quick else (1_000_000, 200)
     jobs_small, jobs_big = (2, 4) if quick else (10, 50)
     grid_small, grid_big = (2, 8) if quick else (10, 200)
@@ -216,10 +217,16 @@ def cases(home: Path, quick: bool, cuda: bool) -> list[Case]:
         Case("floor", "import torch, hydra, mlflow, pandas; one SGD; open the store", [PY, floor]),
         Case("run50", "runner: optimizer=sgd lr=0.05 (50 epochs)", [*run, sgd, "lr=0.05"]),
         Case("run50_noplots", "runner: same, plots=false", [*run, sgd, "lr=0.05", "plots=false"]),
+        Case("run50_model", "runner: same, mlflow.log_model=true",
+             [*run, sgd, "lr=0.05", "mlflow.log_model=true"]),
         Case("hand50", "hand-written: 50 epochs", [PY, hand]),
         Case("run_long", f"runner: {long_epochs} epochs", [*run, sgd, f"epochs={long_epochs}"]),
         Case("hand_long", f"hand-written: {long_epochs} epochs",
              [*by_hand, f"epochs={long_epochs}"]),
+        Case("run_million", f"runner: {million:,} epochs, mlflow.log_every=1000",
+             [*run, sgd, f"epochs={million}", "mlflow.log_every=1000", "plots=false"], once=True),
+        Case("bare_million", f"bare torch loop: 3 points, {million:,} epochs (loop only)",
+             [PY, bare, "3", str(million), "cpu"], inner=True, once=True),
         Case("sweep_small", f"runner: {jobs_small}-job sweep, basic launcher",
              [*run, "-m", BASIC, lrs(jobs_small)]),
         Case("sweep_big", f"runner: {jobs_big}-job sweep, basic launcher",
@@ -317,6 +324,13 @@ def targets(t: dict[str, float], quick: bool) -> list[dict[str, object]]:
             "{:.2f}x",
             t["run50"] <= 1.1 * t["floor"],
         )
+    if {"run50", "run50_model"} <= t.keys():
+        cost = t["run50_model"] / t["run50"] - 1
+        add("mlflow.log_model=true: extra cost", cost, 0.10, "{:.0%}", True)  # decides default
+    if {"run_million", "bare_million", "floor"} <= t.keys():
+        limit = t["floor"] + 1.3 * t["bare_million"]
+        add("1M epochs, log_every=1000: runner / (floor + 1.3 x bare)", t["run_million"] / limit,
+            1.0, "{:.2f}", t["run_million"] <= limit)  # fmt: skip
     if {"run_long", "hand_long"} <= t.keys():
         speedup = t["hand_long"] / t["run_long"]
         add("long run: hand-written / runner", speedup, 6.0, "{:.1f}x", speedup >= 6)

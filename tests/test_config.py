@@ -208,3 +208,20 @@ def test_a_read_only_store_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     monkeypatch.setattr("os.access", lambda path, mode: False)  # root may write anything
     with pytest.raises(ConfigError, match=r"is read-only\)$"):
         check_command_line([f"mlflow.tracking_uri=sqlite:///{db}"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("lr=0.3", "optimizer=sgd", "schedule=step", "schedule.gamma=0.3"),
+        ("experiment=seed_003", "lr=0.2"),
+        ("data.x=[1,2]", "data.y=[3,4]", "data.true_a=null", "data.true_b=null"),
+        ("optimizer.betas=[0.5,0.6]", "optimizer=adam", "batch_size=2"),
+        ("model=linear_nobias", "model.b=0.0", "data=synthetic", "data.val_fraction=0.2"),
+    ],
+)
+def test_the_tests_quick_configs_are_the_ones_hydra_composes(overrides: tuple[str, ...]) -> None:
+    """tests/support.py composes each set of group choices once and applies plain settings
+    with OmegaConf.update: the very Config a whole composition gives."""
+    composed = gate.typed(gate.compose_checked(list(overrides), {}))
+    assert make_config(*overrides) == composed

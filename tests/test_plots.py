@@ -35,6 +35,17 @@ def test_loss_picture_of_an_exact_fit_says_the_optimum_is_zero() -> None:
     assert ax.get_lines()[0].get_ydata().tolist() == [2.0, 0.5, 0.1]
 
 
+def test_loss_picture_shows_the_held_out_and_the_batch_losses_when_there_are_some() -> None:
+    best = optimum(X003, Y003, bias=True)
+    history = _history([3.0, 1.0, 0.5], a=[1.0, 1.5, 2.0], b=[1.0, 0.5, 0.2])
+    history = history.assign(val_loss=[3.5, 1.4, 0.9], train_loss_mean=[2.5, 0.9, 0.6])
+    (ax,) = run_figures(history, X003, Y003, best, {"a": 2.1, "b": 0.1})["loss"].axes
+    assert _legend(ax) == ["loss", f"optimum {best.loss:.4g}", "mean batch loss",
+                           "val_loss (held out)"]  # fmt: skip
+    assert ax.get_lines()[3].get_ydata().tolist() == [3.5, 1.4, 0.9]
+    assert ax.get_lines()[2].get_ydata().tolist() == [2.5, 0.9, 0.6]
+
+
 def test_loss_picture_of_a_diverged_run_shows_the_true_optimum() -> None:
     # The old test compared the optimum with 1e-12 x the history's largest loss, which a
     # diverged run makes huge: it said "optimum: 0" for an optimum well above 0.

@@ -376,6 +376,7 @@ class Config:
     )
     shuffle: bool = True  # mini-batches: a fresh order each epoch from the seed
     drop_last: bool = False  # mini-batches: skip the last, smaller batch
+    log_steps: bool = False  # mini-batches: every step's loss and parameters (steps.csv)
     # epochs of history kept on the device between two host copies
     chunk: int = field(
         default=1000, metadata=check(lambda v: 1 <= v <= CHUNK_MAX, f"in [1, {CHUNK_MAX}]")
@@ -394,6 +395,9 @@ class Config:
         if self.check_grad and not self.zero_grad:
             allowed = "false with zero_grad=false (accumulated gradients are not the analytic one)"
             raise ConfigError("check_grad", True, allowed)
+        if self.log_steps and self.batch_size is None:
+            allowed = "false unless batch_size is set (a whole-data epoch is one step)"
+            raise ConfigError("log_steps", True, allowed)
         if self.stop.patience is not None and not self.data.val_fraction:
             allowed = "null unless data.val_fraction > 0 (it watches val_loss)"
             raise ConfigError("stop.patience", self.stop.patience, allowed)

@@ -88,13 +88,35 @@ def history_columns(
     lr: bool = False,
     val: bool = False,
     minibatch: bool = False,
+    steps: int = 0,
 ) -> list[str]:
     """A member's columns: val_loss with validation points, lr when it has a schedule,
-    train_loss_mean with mini-batches, grad_check when it checks."""
+    train_loss_mean with mini-batches, grad_check when it checks; then, when steps are
+    logged, each of the epoch's `steps` steps' loss and parameters (split_steps)."""
     columns = ["epoch", "loss", *(["val_loss"] if val else []), *(["lr"] if lr else [])]
     columns += [*names, *(f"grad_{n}" for n in names)]
     columns += ["train_loss_mean"] if minibatch else []
-    return [*columns, "grad_check"] if check_grad else columns
+    columns += ["grad_check"] if check_grad else []
+    return columns + _step_columns(names, steps)
+
+
+def _step_columns(names: tuple[str, ...], steps: int) -> list[str]:
+    return [f"step{s}_{c}" for s in range(steps) for c in ("loss", *names)]
+
+
+def split_steps(
+    chunk: pd.DataFrame, names: tuple[str, ...], steps: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A chunk with logged steps as (the epochs' table, the steps' table): one row per
+    step - its global number, its epoch, its batch's loss and the parameters it was
+    computed at."""
+    columns = _step_columns(names, steps)
+    values = chunk[columns].to_numpy().reshape(len(chunk) * steps, 1 + len(names))
+    epochs = np.repeat(chunk["epoch"].to_numpy(), steps)
+    table = pd.DataFrame(values, columns=["step_loss", *names])
+    table.insert(0, "epoch", epochs)
+    table.insert(0, "step", epochs * steps + np.tile(np.arange(steps), len(chunk)))
+    return chunk.drop(columns=columns), table
 
 
 def train(
@@ -121,7 +143,9 @@ def train(
     With mini-batches (`batches`), an epoch is one step per batch; `loss` stays the loss
     on the whole data at the parameters the epoch started from (so runs with different
     batch sizes compare on one axis), the gradient is the last step's, and column
-    train_loss_mean holds the mean of the epoch's batch losses.
+    train_loss_mean holds the mean of the epoch's batch losses. Logged steps ride along
+    as columns of their epoch's row, so whatever keeps or drops an epoch keeps or drops
+    its steps (split_steps takes them apart).
 
     With `check_grad` (a tolerance), column grad_check holds each epoch's largest
     relative difference between autograd's gradient and the analytic one,
@@ -138,7 +162,9 @@ def train(
     """
     names = model.names()
     checking = any(m.check_grad is not None for m in members)
-    columns = history_columns(names, checking, val=val is not None, minibatch=bool(batches))
+    steps = batches.steps if batches is not None and batches.log else 0
+    columns = history_columns(names, checking, val=val is not None, minibatch=bool(batches),
+                              steps=steps)  # fmt: skip
     longest = max(m.epochs for m in members)
     # [epoch in chunk, member, column]: one small device-side kernel fills an epoch's slot.
     rows = torch.empty((min(chunk, longest), len(members), len(columns) - 1), dtype=x.dtype,
@@ -235,17 +261,22 @@ class _Epochs:
             head += [self.model.values[n] for n in self.names]
             slot[:, : len(head)] = torch.stack(head, dim=-1)  # a copy: the steps change them
         total = torch.zeros_like(self.ones)
-        for points in self.batches.epoch():
+        width = 1 + len(self.names)  # a logged step: its loss and parameters
+        logged = slot[:, slot.shape[1] - self.batches.steps * width :] if self.batches.log else None
+        for s, points in enumerate(self.batches.epoch()):
             # [size] in data order; [members, size] shuffled (each member its own order)
             xb = self.x[points]
             yb = self.y[:, points] if isinstance(points, slice) else self.y.gather(1, points)
             y_hat, loss = self._backward(xb, yb)
             total += loss.detach()
+            if logged is not None:  # before the step changes the parameters
+                step = [loss.detach(), *(self.model.values[n].detach() for n in self.names)]
+                logged[:, s * width : (s + 1) * width] = torch.stack(step, dim=-1)
             self._step()
         tail = [*self._grads(), total / self.batches.steps]  # the last step's gradient
         if self.checking:
             tail.append(_grad_error(y_hat.detach() - yb, xb, tail[: len(self.names)]))
-        slot[:, len(head) :] = torch.stack(tail, dim=-1)
+        slot[:, len(head) : len(head) + len(tail)] = torch.stack(tail, dim=-1)
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y_hat = self.model(x)

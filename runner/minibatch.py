@@ -3,7 +3,7 @@
 batch_size points a step, the last step taking what is left (or dropped, with drop_last).
 With shuffle, each epoch walks the points in a fresh order drawn from each member's seed
 (torch.randperm on a generator of its own, on the CPU: the same order on every device);
-without, in data order.
+without, in data order. With `log`, every step is recorded too (log_steps).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 class MiniBatches:
     def __init__(
         self, size: int, shuffle: bool, drop_last: bool, seeds: list[int], n: int,
-        device: torch.device,
+        device: torch.device, log: bool = False,
     ) -> None:  # fmt: skip
-        self.size, self.n, self.device = size, n, device
+        self.size, self.n, self.device, self.log = size, n, device, log
         self.steps = n // size if drop_last else math.ceil(n / size)
         self.generators = [torch.Generator().manual_seed(s) for s in seeds] if shuffle else None
 

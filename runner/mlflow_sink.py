@@ -83,15 +83,20 @@ class MlflowSink:
             self.last_row = None if int(last["epoch"].iloc[0]) % self.every == 0 else last
         self._send(chunk)
 
-    def _send(self, chunk: pd.DataFrame) -> None:
+    def write_steps(self, steps: pd.DataFrame) -> None:
+        """log_steps: each step's batch loss as metric step_loss, step = the global step."""
+        self._send(steps, "step", ["step_loss"])
+
+    def _send(self, chunk: pd.DataFrame, at: str = "epoch", names: list[str] | None = None) -> None:
         self._collect(wait=False)
         if self.error or chunk.empty:
             return
-        columns = {name: chunk[name].to_numpy() for name in chunk.columns[1:]}
-        epochs = chunk["epoch"].to_numpy()
+        names = names or [name for name in chunk.columns if name != at]
+        columns = {name: chunk[name].to_numpy() for name in names}
+        steps = chunk[at].to_numpy()
         tracker = tracking.tracker(self.lane)
         self.sent.append(
-            tracker.send_metrics(self.uri, self.run_id, epochs, columns, timeout(self.uri))
+            tracker.send_metrics(self.uri, self.run_id, steps, columns, timeout(self.uri))
         )
 
     def close(self, ending: Ending) -> None:

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from runner.analysis import Optimum, add_distances, optimum
 from runner.config import Config, ConfigError, DataKind, plain
 from runner.data import load_arrays, split, to_tensors
-from runner.loop import How, Member, Outcome, history_columns, train
+from runner.loop import How, Member, Outcome, history_columns, split_steps, train
 from runner.losses import Loss, build_loss
 from runner.minibatch import MiniBatches
 from runner.mlflow_sink import MlflowSink, StoreUnavailable
@@ -111,7 +111,8 @@ def _minibatches(confs: list[Config], n: int, device: torch.device) -> MiniBatch
         allowed = f"at most {n} (the training points) with drop_last=true, or drop_last=false"
         raise ConfigError("batch_size", conf.batch_size, allowed)
     seeds = [c.seed for c in confs]  # each member shuffles with its own seed
-    return MiniBatches(conf.batch_size, conf.shuffle, conf.drop_last, seeds, n, device)
+    return MiniBatches(conf.batch_size, conf.shuffle, conf.drop_last, seeds, n, device,
+                       conf.log_steps)  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,6 +157,9 @@ class JobRun:
         self.csv_path = ctx.run_dir / "metrics.csv"
         self.mlflow: MlflowSink | None = None
         self.sinks: list[Sink] = []
+        self.names = s.model.names()
+        self.steps = s.batches.steps if s.batches is not None and s.batches.log else 0
+        self.steps_csv: CsvSink | None = None  # log_steps: steps.csv
         self.alone = alone  # a batch of one: the console and the progress bar are its own
         self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=s.best.stable_lr_max,
                              optimum_loss=s.best.loss)  # fmt: skip
@@ -198,6 +202,10 @@ class JobRun:
         for sink in self.sinks:
             if sink is not self.mlflow:  # (the MLflow run is open already)
                 sink.open()
+        if self.steps:
+            self.steps_csv = CsvSink(self.ctx.run_dir / "steps.csv",
+                                     ["step", "epoch", "step_loss", *self.names])  # fmt: skip
+            self.steps_csv.open()
 
     def member(self, optimizer: Optimizer, schedule: Schedule | None) -> Member:
         conf = self.conf
@@ -206,6 +214,11 @@ class JobRun:
                       schedule, conf.stop.patience)  # fmt: skip
 
     def write(self, chunk: pd.DataFrame) -> None:
+        if self.steps_csv is not None:  # the steps ride along in their epochs' rows
+            chunk, steps = split_steps(chunk, self.names, self.steps)
+            self.steps_csv.write(steps)
+            if self.mlflow in self.sinks:
+                self.mlflow.write_steps(steps)
         chunk = add_distances(chunk, self.best)
         for sink in self.sinks:  # the CSV first: a full disk stops the row everywhere
             sink.write(chunk)
@@ -228,6 +241,8 @@ class JobRun:
                 self.mlflow.finish(self.ending)  # the batch's endings go to the store at once
             else:
                 sink.close(self.ending)
+        if self.steps_csv is not None:
+            self.steps_csv.close(self.ending)
 
     def settle(self) -> None:
         """Once the store has ended the MLflow run: the Result, in result.json."""
@@ -299,6 +314,8 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
     plots = conf.plots if conf.plots is not None else not job.ctx.in_sweep
     pictures = _plots(job.csv_path, s, final if finished else None) if plots else []
     files = [str(job.csv_path), *map(str, pictures)]
+    if job.steps_csv is not None:
+        files.insert(1, str(job.steps_csv.path))
     texts = {"config.yaml": config_yaml}
     if outcome.how == How.diverged:
         result.status, result.diverged_at_epoch = "DIVERGED", outcome.at_epoch

@@ -72,6 +72,12 @@ SWEEPS = {
     "adam": ["optimizer=adam", "optimizer.betas=[0.9,0.999],[0.8,0.99]",
              "optimizer.eps=1e-8,1e-6", "stop.tol=null,1e-4", "check_grad=true,false",
              "epochs=300", "chunk=64"],
+    # val_fraction=0: both seeds in one batch, each member shuffling in its own order;
+    # 0.25: the seed draws the held-out points, so each seed is a batch of its own.
+    "minibatch": ["data.x=[0.1,0.5,-0.3,0.9,0.2,-0.7,0.4,0.8,-0.1,0.6,0.3,-0.5]",
+                  "data.true_a=2", "data.true_b=-1", "batch_size=4", "seed=0,1",
+                  "lr=0.05,0.2", "schedule=constant,cosine", "data.val_fraction=0,0.25",
+                  "epochs=40", "chunk=16"],
 }  # fmt: skip
 
 
@@ -92,7 +98,8 @@ def test_every_job_is_byte_identical_to_the_same_job_run_alone(tmp_path: Path, s
     for mine, theirs in zip(batched, basic, strict=True):
         assert mine.read_bytes() == theirs.read_bytes(), mine
         ended = [json.loads((p.parent / "result.json").read_text()) for p in (mine, theirs)]
-        for key in ("status", "epochs_run", "final_loss", "final", "converged_at_epoch"):
+        for key in ("status", "epochs_run", "final_loss", "final", "converged_at_epoch",
+                    "stalled_at_epoch"):  # fmt: skip
             assert ended[0][key] == ended[1][key], (mine, key)
         statuses.add(ended[0]["status"])
         overrides = [(p.parent / ".hydra" / "overrides.yaml").read_text() for p in (mine, theirs)]

@@ -12,7 +12,7 @@ import torch
 from support import make_config, member_of, train_history, train_setup
 
 from runner.config import ConfigError
-from runner.loop import How, train
+from runner.loop import How, split_steps, train
 from runner.run import build
 
 X = [0.1, 0.5, -0.3, 0.9, 0.2, -0.7, 0.4, 0.8, -0.1, 0.6]
@@ -41,9 +41,14 @@ def test_every_way_gives_the_same_numbers_with_mini_batches(settings: list[str])
 
 
 def test_in_data_order_the_steps_walk_the_points_batch_by_batch() -> None:
-    """The same steps written out with torch: batches x[0:3], x[3:6], x[6:9], x[9:10]."""
-    history, _ = train_history(*POINTS, "optimizer=sgd", "lr=0.1", "epochs=4", "batch_size=3",
-                               "shuffle=false")  # fmt: skip
+    """The same steps written out with torch: batches x[0:3], x[3:6], x[6:9], x[9:10];
+    log_steps records each of them."""
+    logged, _ = train_history(*POINTS, "optimizer=sgd", "lr=0.1", "epochs=4", "batch_size=3",
+                              "shuffle=false", "log_steps=true")  # fmt: skip
+    history, steps = split_steps(logged, ("a", "b"), 4)
+    assert list(steps.columns) == ["step", "epoch", "step_loss", "a", "b"]
+    assert steps["step"].tolist() == list(range(16))
+    assert steps["epoch"].tolist() == [e for e in range(4) for _ in range(4)]
     x, y = torch.tensor(X), torch.tensor(Y)
     a, b = torch.tensor([1.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
     optimizer = torch.optim.SGD([a, b], lr=0.1)
@@ -52,14 +57,20 @@ def test_in_data_order_the_steps_walk_the_points_batch_by_batch() -> None:
         assert (row["a"], row["b"]) == (a.item(), b.item())  # where the epoch started
         assert row["loss"] == pytest.approx(((a * x + b - y) ** 2).mean().item(), rel=1e-6)
         losses = []
-        for start in range(0, 10, 3):
+        for k, start in enumerate(range(0, 10, 3)):
+            step = steps.iloc[epoch * 4 + k]
+            assert (step["a"], step["b"]) == (a.item(), b.item())  # where the step started
             loss = ((a * x[start : start + 3] + b - y[start : start + 3]) ** 2).mean()
+            assert step["step_loss"] == pytest.approx(loss.item(), rel=1e-6)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
         assert row["train_loss_mean"] == pytest.approx(np.mean(losses), rel=1e-6)
         assert row["grad_a"] == a.grad.item()  # the last step's gradient
+    plain, _ = train_history(*POINTS, "optimizer=sgd", "lr=0.1", "epochs=4", "batch_size=3",
+                             "shuffle=false")  # fmt: skip
+    pd.testing.assert_frame_equal(history, plain, check_exact=True)  # logging changes nothing
 
 
 def test_drop_last_never_steps_on_the_points_left_over() -> None:
@@ -149,3 +160,6 @@ def test_patience_without_validation_points_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
         make_config("stop.patience=3")
     assert err.value.key == "stop.patience"
+    with pytest.raises(ConfigError) as err:
+        make_config("log_steps=true")  # a whole-data epoch is one step
+    assert err.value.key == "log_steps"

@@ -210,3 +210,19 @@ def test_the_training_data_is_the_runs_input_and_its_digest_finds_runs_on_the_sa
         str(tmp_path / "one"),
         str(tmp_path / "two"),
     }
+
+
+def test_log_steps_writes_steps_csv_and_each_steps_loss_to_mlflow(tmp_path: Path) -> None:
+    csv_path = _run(tmp_path, "batch_size=2", "log_steps=true", "epochs=3", "plots=false")
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv")  # 3 points: 2 steps an epoch
+    assert steps["step"].tolist() == list(range(6))
+    assert steps["epoch"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert list(pd.read_csv(csv_path).columns) == [
+        "epoch", "loss", "a", "b", "grad_a", "grad_b", "train_loss_mean", "gap", "distance"
+    ]  # fmt: skip
+    found = _only_run(tmp_path)
+    history = _store(tmp_path).get_metric_history(found.info.run_id, "step_loss")
+    assert [m.step for m in history] == list(range(6))
+    assert [m.value for m in history] == steps["step_loss"].tolist()
+    artifacts = {a.path for a in _store(tmp_path).list_artifacts(found.info.run_id)}
+    assert {"metrics.csv", "steps.csv"} <= artifacts

@@ -323,8 +323,9 @@ class MlflowConfig:
     tracking_uri: Optional[str] = None  # noqa: UP045 - null: sqlite:///<launch dir>/mlflow.db
     # every N-th epoch (and the last) goes to MLflow; the CSV keeps every epoch
     log_every: int = field(default=1, metadata=check(lambda v: v >= 1, "an integer >= 1"))
-    # the trained model as an MLflow pyfunc model (runs:/<id>/model); see README for the cost
-    log_model: bool = False
+    # the trained model as an MLflow pyfunc model (runs:/<id>/model); null: for a single
+    # run, not for each job of a sweep (each would pay about 25 ms of store work)
+    log_model: Optional[bool] = None  # noqa: UP045
     experiment: str = field(
         default="runner",
         metadata=check(

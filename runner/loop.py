@@ -195,7 +195,7 @@ def train(
                     schedule.step()  # once per epoch, after the optimizer (as torch wants)
             if recorded == len(rows) or epoch in ends:
                 # A member's last chunk brings the final parameters along: one sync, not two.
-                final = torch.stack([model.stacked(n).detach() for n in names], dim=-1)
+                final = torch.cat([model.stacked(n).detach() for n in names], dim=-1)
                 values, finals = _to_host(rows[:recorded], final)
                 start, first, recorded = first, epoch + 1, 0  # handed over below, come what may
                 for j in list(active):
@@ -234,7 +234,7 @@ class _Epochs:
 
     def __post_init__(self) -> None:
         self.names = self.model.names()
-        self.ones = torch.ones(len(self.members), dtype=self.x.dtype, device=self.x.device)
+        self.ones = torch.ones(len(self.members), 1, dtype=self.x.dtype, device=self.x.device)
 
     def run(self, slot: torch.Tensor) -> None:
         """One epoch; fills its row of the history ([members, columns])."""
@@ -246,12 +246,13 @@ class _Epochs:
     def _full_batch(self, slot: torch.Tensor) -> None:
         """One step on the whole data."""
         y_hat, loss = self._backward(self.x, self.y)
-        row = [loss.detach(), *self._val_loss()]  # (at the parameters of `loss`)
-        row += [self.model.values[n].detach() for n in self.names]
-        row += self._grads()
-        if self.checking:
-            row.append(_grad_error(y_hat.detach() - self.y, self.x, row[-len(self.names) :]))
-        torch.stack(row, dim=-1, out=slot)  # a copy of the parameters, before step()
+        with torch.no_grad():  # every value a column [members, 1]: one cat fills the row
+            row = [loss, *self._val_loss()]  # (at the parameters of `loss`)
+            row += [self.model.values[n] for n in self.names]
+            row += self._grads()
+            if self.checking:
+                row.append(_grad_error(y_hat - self.y, self.x, row[-len(self.names) :]))
+            torch.cat(row, dim=-1, out=slot)  # a copy of the parameters, before step()
         self._step()
 
     def _minibatches(self, slot: torch.Tensor) -> None:
@@ -259,7 +260,7 @@ class _Epochs:
         with torch.no_grad():
             head = [self.loss_fn(self.model(self.x), self.y), *self._val_loss()]
             head += [self.model.values[n] for n in self.names]
-            slot[:, : len(head)] = torch.stack(head, dim=-1)  # a copy: the steps change them
+            slot[:, : len(head)] = torch.cat(head, dim=-1)  # a copy: the steps change them
         total = torch.zeros_like(self.ones)
         width = 1 + len(self.names)  # a logged step: its loss and parameters
         logged = slot[:, slot.shape[1] - self.batches.steps * width :] if self.batches.log else None
@@ -268,15 +269,17 @@ class _Epochs:
             xb = self.x[points]
             yb = self.y[:, points] if isinstance(points, slice) else self.y.gather(1, points)
             y_hat, loss = self._backward(xb, yb)
-            total += loss.detach()
-            if logged is not None:  # before the step changes the parameters
-                step = [loss.detach(), *(self.model.values[n].detach() for n in self.names)]
-                logged[:, s * width : (s + 1) * width] = torch.stack(step, dim=-1)
+            with torch.no_grad():
+                total += loss
+                if logged is not None:  # before the step changes the parameters
+                    step = [loss, *(self.model.values[n] for n in self.names)]
+                    logged[:, s * width : (s + 1) * width] = torch.cat(step, dim=-1)
             self._step()
-        tail = [*self._grads(), total / self.batches.steps]  # the last step's gradient
-        if self.checking:
-            tail.append(_grad_error(y_hat.detach() - yb, xb, tail[: len(self.names)]))
-        slot[:, len(head) : len(head) + len(tail)] = torch.stack(tail, dim=-1)
+        with torch.no_grad():
+            tail = [*self._grads(), total / self.batches.steps]  # the last step's gradient
+            if self.checking:
+                tail.append(_grad_error(y_hat - yb, xb, tail[: len(self.names)]))
+            slot[:, len(head) : len(head) + len(tail)] = torch.cat(tail, dim=-1)
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y_hat = self.model(x)
@@ -324,8 +327,9 @@ def _after_chunk(
 
 
 def _grad_error(residual: torch.Tensor, x: torch.Tensor, grads: list) -> torch.Tensor:
-    """Each member's largest |autograd - analytic| / (1 + |analytic|), on the device."""
-    analytic = [2 * (residual * x).mean(dim=-1), 2 * residual.mean(dim=-1)][: len(grads)]
+    """Each member's largest |autograd - analytic| / (1 + |analytic|), [members, 1]."""
+    analytic = [2 * (residual * x).mean(dim=-1, keepdim=True),
+                2 * residual.mean(dim=-1, keepdim=True)][: len(grads)]  # fmt: skip
     errors = [(g - a).abs() / (1 + a.abs()) for g, a in zip(grads, analytic, strict=True)]
     return torch.stack(errors).amax(dim=0)
 

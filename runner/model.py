@@ -1,10 +1,10 @@
 """The model: y = a*x + b, or y = a*x without the bias (seed 000's theta), for a batch.
 
 A batch holds one model per job trained together (runner/batch.py); a single run is a
-batch of one. Each member's a and b are parameters of their own (one value, shape [1]), so
-each member's optimizer steps exactly the tensors a single run would step; the forward
-pass joins them into vectors of shape [members] and computes every member's prediction
-at once.
+batch of one. Each member's a and b are parameters of their own (one value, shape [1, 1]),
+so each member's optimizer steps exactly the tensors a single run would step; the forward
+pass joins them into columns of shape [members, 1], which broadcast against the points
+without a reshape, and computes every member's prediction at once.
 """
 
 from __future__ import annotations
@@ -18,22 +18,20 @@ class Linear(torch.nn.Module):
     def __init__(self, a: torch.Tensor, b: torch.Tensor | None) -> None:
         """a and b: one value per member, shape [members]."""
         super().__init__()
-        self.a = torch.nn.ParameterList(torch.nn.Parameter(v.clone()) for v in a.split(1))
-        self.b = None
-        if b is not None:
-            self.b = torch.nn.ParameterList(torch.nn.Parameter(v.clone()) for v in b.split(1))
+        self.a = torch.nn.ParameterList(_one_each(a))
+        self.b = None if b is None else torch.nn.ParameterList(_one_each(b))
         # Plain lists of the same tensors: ParameterList's indexing costs a lookup each time.
         self.by_name = {"a": list(self.a), **({"b": list(self.b)} if b is not None else {})}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [points] -> predictions [members, points]. The joined parameters stay in
-        `values` for the loop to record (before the step changes them)."""
+        """x: [points] (or [members, points]) -> predictions [members, points]. The joined
+        parameters stay in `values` for the loop to record (before the step changes them)."""
         self.values = {name: joined(params) for name, params in self.by_name.items()}
-        y = self.values["a"].unsqueeze(-1) * x  # (unsqueeze: cheaper than [:, None])
-        return y if self.b is None else y + self.values["b"].unsqueeze(-1)
+        y = self.values["a"] * x
+        return y if self.b is None else y + self.values["b"]
 
     def stacked(self, name: str) -> torch.Tensor:
-        """Parameter `name` of every member, shape [members] (autograd flows back to each)."""
+        """Parameter `name` of every member, shape [members, 1] (autograd flows back to each)."""
         return joined(self.by_name[name])
 
     def names(self) -> tuple[str, ...]:
@@ -47,9 +45,13 @@ class Linear(torch.nn.Module):
         return len(self.by_name["a"])
 
 
+def _one_each(values: torch.Tensor) -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(v.clone()) for v in values.view(-1, 1).split(1)]
+
+
 def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Tensors of shape [1] as one of shape [members]; a batch of one needs no copy (no op
-    at all, where every op of the loop costs microseconds)."""
+    """Tensors of shape [1, 1] as one of shape [members, 1]; a batch of one needs no copy
+    (no op at all, where every op of the loop costs microseconds)."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 

@@ -334,7 +334,10 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
         tags = {"early_stopped": "true", "stalled_at_epoch": str(outcome.at_epoch)}
     result.status, result.final_loss = "FINISHED", final["final_loss"]
     result.final = {k: v for k, v in final.items() if k != "final_loss"}
-    model = _model_spec(s, final) if conf.mlflow.log_model else None
+    log_model = conf.mlflow.log_model
+    if log_model is None:  # like plots: a single run's, not each job's of a sweep
+        log_model = not job.ctx.in_sweep
+    model = _model_spec(s, final) if log_model else None
     return Ending("FINISHED", metrics=final, tags=tags, files=files, texts=texts, model=model)
 
 
@@ -391,9 +394,9 @@ def _final_metrics(s: Setup) -> list[dict[str, float]]:
     """Each member's loss at the parameters its last step produced, and those parameters."""
     with torch.no_grad():
         y_hat = s.model(s.x)
-        losses = s.loss_fn(y_hat, s.y.expand_as(y_hat)).tolist()  # one host sync, once
-    names = s.model.names()
-    values = torch.stack([s.model.stacked(n).detach() for n in names], dim=-1).tolist()
+        losses = s.loss_fn(y_hat, s.y.expand_as(y_hat)).view(-1).tolist()  # one host sync
+        names = s.model.names()
+        values = torch.cat([s.model.stacked(n) for n in names], dim=-1).tolist()
     finals = []
     for loss, params in zip(losses, values, strict=True):
         final = {"final_loss": loss} | {f"final_{n}": v for n, v in zip(names, params, strict=True)}

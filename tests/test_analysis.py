@@ -61,7 +61,7 @@ def test_gradient_check_fails_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) 
     s = build([conf], None)
 
     def doubled(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return 2 * ((y_hat - y) ** 2).mean(dim=-1)  # its gradient is twice the analytic one
+        return 2 * ((y_hat - y) ** 2).mean(dim=-1, keepdim=True)  # twice the analytic gradient
 
     rows: list[pd.DataFrame] = []
     member = Member(s.optimizers[0], 10, rows.append, check_grad=1e-4)

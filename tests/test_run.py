@@ -97,7 +97,8 @@ def test_run_records_params_tags_final_metrics_and_artifacts(tmp_path: Path) -> 
     )
     assert found.data.metrics["final_loss"] < found.data.metrics["loss"]  # loss: epoch 49
     artifacts = {a.path for a in _store(tmp_path).list_artifacts(found.info.run_id)}
-    assert artifacts == {"config.yaml", "metrics.csv", "loss.png", "fit.png", "trajectory.png"}
+    assert artifacts == {"config.yaml", "metrics.csv", "loss.png", "fit.png", "trajectory.png",
+                         "model"}  # fmt: skip
 
 
 def test_mlflow_disabled_writes_only_the_csv(tmp_path: Path) -> None:
@@ -174,10 +175,19 @@ def test_the_logged_model_predicts_with_the_runs_final_parameters(
     assert example["x"].tolist() == [1.0, 2.0, 3.0]  # the training points (seed 002's x)
 
 
-def test_no_model_is_logged_unless_asked(tmp_path: Path) -> None:
-    _run(tmp_path, "plots=false")
+@pytest.mark.parametrize(
+    ("setting", "in_sweep", "logged"),
+    [("null", False, True), ("false", False, False), ("null", True, False), ("true", True, True)],
+)
+def test_a_single_run_logs_its_model_and_a_sweeps_job_only_when_asked(
+    tmp_path: Path, setting: str, in_sweep: bool, logged: bool
+) -> None:
+    (tmp_path / "out").mkdir()
+    overrides = ("plots=false", f"mlflow.log_model={setting}")
+    conf = make_config(*overrides)
+    run(conf, RunContext(tmp_path, tmp_path / "out", overrides, in_sweep=in_sweep))
     artifacts = {a.path for a in _store(tmp_path).list_artifacts(_only_run(tmp_path).info.run_id)}
-    assert artifacts == {"config.yaml", "metrics.csv"}
+    assert artifacts == {"config.yaml", "metrics.csv"} | ({"model"} if logged else set())
 
 
 def test_the_training_data_is_the_runs_input_and_its_digest_finds_runs_on_the_same_data(

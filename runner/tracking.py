@@ -222,10 +222,15 @@ def end_run(uri: str, run_id: str, ending: Ending) -> None:
 def _saved_model(model: ModelSpec, tmp: Path) -> str:
     """The run's pyfunc model, saved as code with its parameters as config (cheaper than
     log_model: no model entity to create, and no copy of the run's metric history)."""
+    import logging
+
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
+
+    # It says "Validating input example against model signature" on the user's terminal.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
 
     inputs = Schema([ColSpec("double", column) for column in model.weights])
     signature = ModelSignature(inputs, Schema([TensorSpec(np.dtype(np.float64), (-1,))]))

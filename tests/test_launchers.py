@@ -99,14 +99,16 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     """A local Ray head (2 CPUs) on 127.0.0.1; yields its address and its --temp-dir."""
     # A short temp dir: Ray's unix socket paths below it must fit in 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    port = ephemeral_port_reserve.reserve()
     command = [
         RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
         "--object-store-memory=100000000",
-        # Ports that default to fixed numbers: 0 lets the head and the agent bind free ones
-        # themselves; the client server takes no 0, so it gets a port held in TIME_WAIT, which
-        # the kernel hands to no one else while Ray binds it.
-        "--port=0", "--dashboard-agent-listen-port=0",
+        # Ports that default to fixed numbers: the agent binds a free one itself (0); the GCS
+        # and the client server get ports held in TIME_WAIT, which the kernel hands to no one
+        # else while Ray binds them (the GCS's own 0 leaves its address in a file written
+        # after the head says it has started: a race).
+        f"--port={port}", "--dashboard-agent-listen-port=0",
         f"--ray-client-server-port={ephemeral_port_reserve.reserve()}",
     ]  # fmt: skip
     head = subprocess.Popen(
@@ -133,8 +135,7 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     except RuntimeError as e:
         stop()
         pytest.fail(f"ray start --head failed: {e}")
-    # Where the GCS listens, written by the head before it says it has started.
-    yield (temp / "ray_current_cluster").read_text().strip(), temp
+    yield f"127.0.0.1:{port}", temp
     stop()
 
 

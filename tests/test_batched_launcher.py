@@ -35,11 +35,15 @@ def _hydra_as_fresh() -> Iterator[None]:
     base.version_base = before
 
 
+# Hydra's own launcher suites: about 10 s each in-process, so they run with the slow tests
+# (the whole suite in CI) and keep `pytest -m "not slow"` under a minute.
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher_name, overrides", [("batched", [])])
 class TestBatchedLauncher(LauncherTestSuite):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher_name, overrides", [("batched", [])])
 class TestBatchedLauncherTogether(LauncherTestSuite):
     def get_task_function(self) -> Callable[[Any], Any]:

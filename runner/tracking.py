@@ -170,6 +170,7 @@ def log_dataset(uri: str, run_id: str, data: DataSpec) -> None:
     """The training data as the run's input: the dashboard's Dataset column, and a digest
     that finds every run on the same data (`dataset.digest = '...'`)."""
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     if data.key not in _datasets:
         import pandas as pd
@@ -184,8 +185,14 @@ def log_dataset(uri: str, run_id: str, data: DataSpec) -> None:
         )
         dataset = from_pandas(pd.DataFrame(data.columns), source=source, name=data.name)
         _datasets[data.key] = dataset._to_mlflow_entity()
-    context = InputTag("mlflow.data.context", "training")
-    _client(uri).log_inputs(run_id, datasets=[DatasetInput(_datasets[data.key], [context])])
+    inputs = [DatasetInput(_datasets[data.key], [InputTag("mlflow.data.context", "training")])]
+    try:
+        _client(uri).log_inputs(run_id, datasets=inputs)
+    except MlflowException:
+        # The jobs of a parallel sweep log the same new dataset at once: MLflow looks it up,
+        # then inserts it, and the later insert breaks the unique key (sqlite3.IntegrityError,
+        # seen with the joblib launcher). Nothing was stored; the second try finds the row.
+        _client(uri).log_inputs(run_id, datasets=inputs)
 
 
 def end_run(uri: str, run_id: str, ending: Ending) -> None:

@@ -161,7 +161,9 @@ def test_signal_ends_a_joblib_sweep_with_every_child_killed(
     client = store(tmp_path)
     runs = all_runs(client)
     assert len(runs) == 3  # the parent and the two jobs that started
-    assert {r.info.status for r in runs} == {"KILLED"}
+    ends = {(r.info.run_name, r.info.status, r.data.tags.get("runner.tracking_error"),
+             r.data.tags.get("runner.error")) for r in runs}  # fmt: skip
+    assert {status for _, status, _, _ in ends} == {"KILLED"}, (ends, err[-3000:])
 
 
 @pytest.mark.slow

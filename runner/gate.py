@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from runner.config import CONF_DIR, Config, ConfigError, tracking_uri_problem, validate
+from runner.ranges import float_range
 from runner.store import default_tracking_uri
 
 MAX_ARGUMENT = 10_000  # Hydra's override parser takes minutes on a 100 KB value
@@ -44,7 +45,8 @@ TRUSTED_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.sa
                    "optuna.pruners.")  # fmt: skip
 # The handler and formatter classes of Hydra's own logging presets and ours.
 TRUSTED_LOGGING = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler",
-                   "logging.Formatter", "runner.logs.BelowWarning"}  # fmt: skip
+                   "logging.Formatter", "runner.logs.BelowWarning",
+                   "runner.logs.Console"}  # fmt: skip
 TRUSTED_STREAMS = {"ext://sys.stdout", "ext://sys.stderr"}
 # Launcher settings that run commands or set up environments on the workers.
 LAUNCHER_CODE_KEYS = {"setup", "srun_args", "additional_parameters", "runtime_env",
@@ -395,7 +397,8 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
         if not o.is_sweep_override() or o.is_hydra_override() or o.is_interval_sweep():
             continue  # hydra.*: a sweeper's own search space; intervals: no list to check
         key = o.key_or_group.lstrip("+")
-        for value in o.sweep_iterator():
+        texts = float_range(o)  # the values the sweeper will write, as it computes them
+        for value in [float(t) for t in texts] if texts else o.sweep_iterator():
             line = f"{o.get_key_element()}={value}"
             given = {o.key_or_group.lstrip("+~"): str(value)}
             if o.key_or_group in _groups():  # a group option: compose it

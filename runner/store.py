@@ -43,9 +43,22 @@ def redact(uri: str) -> str:
 
 
 def run_name(overrides: list[str]) -> str:
-    """What a run tried (`optimizer=sgd,lr=0.05`), without where it was logged to."""
-    what = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
+    """What a run tried (`optimizer=sgd,lr=0.05`), short: without where it was logged to or
+    how the sweep searched, and a sampled 0.012345678901234567 as 0.01235 (params keep all)."""
+    skipped = ("mlflow.", "hydra", "search=")
+    what = [_short(o) for o in overrides if not o.lstrip("+~").startswith(skipped)]
     return ",".join(what) or "defaults"
+
+
+def _short(override: str) -> str:
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    if len(value) <= 8 or value.lstrip("+-").isdigit():
+        return override  # as typed
+    return f"{key}={number:.4g}"
 
 
 def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:

@@ -83,6 +83,20 @@ def test_basic_launcher_sweep_is_one_parent_with_children(tmp_path: Path) -> Non
             assert all(math.isfinite(m.value) for m in history)
 
 
+@pytest.mark.slow
+def test_a_float_range_runs_exactly_the_values_typed(tmp_path: Path) -> None:
+    done = run_cli("-m", "lr=range(0.01,0.05,0.01)", "epochs=5", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    summary = pd.read_csv(sweep_dir / "summary.csv", dtype={"overrides": str})
+    assert sorted(summary["overrides"]) == [f"lr=0.0{i} epochs=5" for i in (1, 2, 3, 4)]
+    assert sorted(summary["lr"]) == [0.01, 0.02, 0.03, 0.04]  # floats parsed from the text
+    client = store(tmp_path)
+    kids = children(client, sweep_parent(client, sweep_dir))
+    assert sorted(k.data.params["lr"] for k in kids) == ["0.01", "0.02", "0.03", "0.04"]
+    assert sorted(k.info.run_name for k in kids) == [f"lr=0.0{i},epochs=5" for i in (1, 2, 3, 4)]
+
+
 def _assert_complete_sweep(client: MlflowClient, sweep_dir: Path, jobs: int, epochs: int) -> None:
     """Every job is a FINISHED child of the sweep's parent with its full metric history."""
     parent_id = sweep_parent(client, sweep_dir)

@@ -4,7 +4,8 @@ Hydra's basic sweeper composes every job's config once to see that it composes, 
 launcher then composes it again to run it: about 0.2 s each time on our 2-core machines.
 `python -m runner -m` has checked every swept value before Hydra started (runner/gate.py),
 so this sweeper hands the jobs straight to the launcher. Built on Hydra's public Sweeper
-API; Hydra finds it because it lives in the `hydra_plugins` namespace.
+API; Hydra finds it because it lives in the `hydra_plugins` namespace. A float range is
+computed in decimal (runner/ranges.py): range(0.01,0.05,0.01) is four jobs, not five.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from runner.ranges import float_range
 
 
 class GridSweeper(Sweeper):
@@ -62,7 +65,8 @@ def grid(arguments: list[str]) -> list[list[str]]:
     for o in OverridesParser.create().parse_overrides(arguments):
         key = o.get_key_element()
         if o.is_sweep_override():
-            choices[key] = [f"{key}={value}" for value in o.sweep_string_iterator()]
+            values = float_range(o) or list(o.sweep_string_iterator())
+            choices[key] = [f"{key}={value}" for value in values]
         else:
             choices[key] = [f"{key}={o.get_value_element_as_str()}"]
     return [list(job) for job in itertools.product(*choices.values())]

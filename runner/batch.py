@@ -20,7 +20,7 @@ from runner.run import Result, RunContext, run_batch
 # The settings in which the members of one batch may differ.
 MEMBER_SETTINGS = {
     "lr", "seed", "epochs", "zero_grad", "check_grad", "check_grad_tol", "stop.tol",
-    "model.init", "model.a", "model.b", "optimizer.momentum", "optimizer.nesterov",
+    "model.init", "model.a", "model.b", "model.w", "optimizer.momentum", "optimizer.nesterov",
     "optimizer.weight_decay", "optimizer.betas", "optimizer.eps", "mlflow.log_every",
     "schedule.name", "schedule.step_size", "schedule.gamma", "schedule.t_max", "schedule.eta_min",
     "stop.patience",
@@ -67,4 +67,4 @@ def _batchable(conf: Config, launch_dir: Path) -> bool:
         return (conf.data.n or 0) <= POINTS_MAX
     if conf.data.kind == DataKind.inline:
         return len(conf.data.x or []) <= POINTS_MAX
-    return len(load_arrays(conf.data, conf.seed, launch_dir)[0]) <= POINTS_MAX
+    return len(load_arrays(conf.data, conf.seed, launch_dir)[1]) <= POINTS_MAX

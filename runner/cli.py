@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import gate
 from runner.config import CONF_DIR, Config, ConfigError
-from runner.logs import console
+from runner.logs import console, let_go_of
 from runner.signals import Stop, install
 
 if TYPE_CHECKING:
@@ -221,8 +221,9 @@ def print_help() -> None:
     lines = [
         "usage: python -m runner [-m] [key=value ...]",
         "",
-        "Trains y = a*x + b (or y = a*x) by gradient descent with PyTorch autograd, logging",
-        "every epoch to metrics.csv and MLflow. -m sweeps comma lists and range(...).",
+        "Trains y = a*x + b (or y = a*x, or y = w . x + b on k features) by gradient descent",
+        "with PyTorch autograd, logging every epoch to metrics.csv and MLflow. -m sweeps comma",
+        "lists and range(...).",
         "",
         "config groups (group=option):",
         *(f"  {g.name:15s} {', '.join(sorted(f.stem for f in g.glob('*.yaml')))}" for g in groups),
@@ -237,10 +238,14 @@ def print_help() -> None:
         "examples:",
         "  python -m runner optimizer=sgd lr=0.05",
         "  python -m runner experiment=seed_002",
+        "  python -m runner data=synthetic data.features=3 data.correlation=0.9 lr=0.3",
         "  python -m runner -m lr=0.01,0.05,0.1 optimizer=manual,sgd",
         "  python -m runner -m hydra/launcher=joblib 'lr=range(0.01,0.21,0.01)'",
         "",
         "flags: -m (sweep), --cfg job|hydra|all, --info, --config-dir DIR (presets of your own),",
         "--hydra-help. Hydra's own help: python -m runner --hydra-help",
     ]
-    print("\n".join(lines))
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `python -m runner --help | head`
+        let_go_of(sys.stdout)

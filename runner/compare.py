@@ -19,11 +19,11 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config import Config
-from runner.report import Curve, plot_loss_curves, rank
+from runner.logs import let_go_of
+from runner.report import Curve, parameter_columns, plot_loss_curves, rank
 from runner.store import default_tracking_uri, missing_store_error
 
 PAGE = 1000  # runs per request; MLflow's pager follows the page tokens, so there is no cap
-SHOWN = ("run_name", "status", "final_loss", "final_a", "final_b", "run_id")
 
 
 @functools.cache
@@ -140,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     if frame.empty:
         return _fail("no runs match")
 
-    shown = [c for c in SHOWN if c in frame]
-    print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-    print(f"{len(frame)} runs")
+    shown = ["run_name", "status", "final_loss", *parameter_columns(frame.columns), "run_id"]
+    shown = [c for c in shown if c in frame]
+    try:
+        print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+        print(f"{len(frame)} runs", flush=True)
+    except BrokenPipeError:  # `python -m runner.compare | head`: the reader has what it wanted
+        let_go_of(sys.stdout)
+        return 0
     if args.csv:
         frame.to_csv(args.csv, index=False)
         print(f"csv  {args.csv}")

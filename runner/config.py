@@ -33,6 +33,7 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy's generators both take [0, 2
 CHUNK_MAX = 1_000_000  # epochs of history on the device: 1e6 x 8 float32 columns = 32 MB
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(float32).max: the data become float32
 EXPERIMENT_NAME_MAX = 500  # MLflow refuses longer experiment names
+FEATURES_MAX = 1000  # y = w . x + b: a Python loop over the features in each forward pass
 
 
 class ConfigError(ValueError):
@@ -68,8 +69,8 @@ class Device(str, Enum):
 
 
 class Init(str, Enum):
-    fixed = "fixed"  # start at (model.a, model.b)
-    random = "random"  # a, b ~ N(0, 1) from the seed
+    fixed = "fixed"  # start at (model.a, model.b); with k features at (model.w, model.b)
+    random = "random"  # each weight, then b ~ N(0, 1) from the seed
 
 
 class DataKind(str, Enum):
@@ -99,6 +100,10 @@ def _float32(v: float | None) -> bool:
     return v is None or (math.isfinite(v) and abs(v) <= FLOAT32_MAX)
 
 
+def _weights(v: list[float] | None) -> bool:
+    return v is None or (len(v) > 0 and all(map(_finite, v)))
+
+
 def _seed(v: int | None) -> bool:
     return v is None or 0 <= v <= SEED_MAX
 
@@ -112,10 +117,16 @@ class ModelConfig:
     init: Init = Init.fixed
     a: float = field(default=1.0, metadata=check(_finite, "a finite number"))
     b: float = field(default=1.0, metadata=check(_finite, "a finite number"))
+    # k features: the starts of w1..wk; null: each starts at a
+    w: Optional[List[float]] = field(  # noqa: UP006, UP045
+        default=None, metadata=check(_weights, "null or a non-empty list of finite numbers")
+    )
 
     def check(self) -> None:
         if not self.bias and self.b != 0.0:
             raise ConfigError("b", self.b, "0.0 when model.bias=false")
+        if self.w is not None and self.init == Init.random:
+            raise ConfigError("w", self.w, "null with model.init=random (the seed draws them)")
 
 
 @dataclass
@@ -199,7 +210,16 @@ class ScheduleConfig:
 # error, never silently dropped (`data.path=p.csv` without `data=csv`).
 DATA_FIELDS = {
     DataKind.inline: {"x", "y", "true_a", "true_b"},
-    DataKind.synthetic: {"n", "true_a", "true_b", "noise", "seed"},
+    DataKind.synthetic: {
+        "n",
+        "true_a",
+        "true_b",
+        "noise",
+        "seed",
+        "features",
+        "true_w",
+        "correlation",
+    },
     DataKind.csv: {"path"},
 }
 DATA_PRESET = {DataKind.inline: "seed_002", DataKind.synthetic: "synthetic", DataKind.csv: "csv"}
@@ -225,6 +245,19 @@ class DataConfig:
     n: Optional[int] = field(  # noqa: UP045
         default=None, metadata=check(lambda v: v is None or 1 <= v <= 10**9, "in [1, 1e9]")
     )
+    # synthetic with k features: y = true_w . x + true_b + noise; null: one feature
+    features: Optional[int] = field(  # noqa: UP045
+        default=None,
+        metadata=check(lambda v: v is None or 1 <= v <= FEATURES_MAX, f"in [1, {FEATURES_MAX}]"),
+    )
+    true_w: Optional[List[float]] = field(  # noqa: UP006, UP045 - null: each weight is true_a
+        default=None, metadata=check(_points, f"a non-empty list, each {FINITE32}")
+    )
+    # every two features correlate this much: x_i = sqrt(1 - c) u_i + sqrt(c) u_0, u ~ U(-1, 1)
+    correlation: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata=check(lambda v: v is None or (math.isfinite(v) and 0 <= v < 1), "in [0, 1)"),
+    )
     noise: Optional[float] = field(  # noqa: UP045
         default=None,
         metadata=check(lambda v: v is None or (_float32(v) and v >= 0), "a number >= 0"),
@@ -232,7 +265,7 @@ class DataConfig:
     seed: Optional[int] = field(  # noqa: UP045 - null: the run's seed
         default=None, metadata=check(_seed, f"null or an integer in [0, {SEED_MAX}]")
     )
-    # csv: a file with numeric columns x and y (relative paths: from the launch directory)
+    # csv: numeric columns x and y, or x1..xk and y (relative paths: from the launch dir)
     path: Optional[str] = field(  # noqa: UP045
         default=None, metadata=check(lambda v: v is None or bool(v.strip()), "a file name")
     )
@@ -254,11 +287,21 @@ class DataConfig:
         if self.kind == DataKind.inline:
             self._check_inline()
         elif self.kind == DataKind.synthetic:
-            for name in ("n", "true_a", "true_b", "noise"):
-                if getattr(self, name) is None:
-                    raise ConfigError(name, None, "a value for data=synthetic")
+            self._check_synthetic()
         elif self.path is None:
-            raise ConfigError("path", None, "the path of a CSV file with columns x and y")
+            raise ConfigError("path", None, "the path of a CSV file with columns x (or x1..xk), y")
+
+    def _check_synthetic(self) -> None:
+        needed = ("n", "true_b", "noise") + (("true_a",) if self.true_w is None else ())
+        for name in needed:
+            if getattr(self, name) is None:
+                raise ConfigError(name, None, "a value for data=synthetic")
+        k = self.features or 1
+        if self.true_w is not None and len(self.true_w) != k:
+            raise ConfigError("true_w", self.true_w, f"a list of data.features={k} numbers")
+        if self.correlation and k == 1:
+            raise ConfigError("correlation", self.correlation, "0 with one feature (or set "
+                              "data.features to 2 or more)")  # fmt: skip
 
     def _check_inline(self) -> None:
         if self.x is None:

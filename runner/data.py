@@ -1,10 +1,16 @@
 """Data: the config's points as float32 arrays, then as tensors on the run's device.
 
-`load_arrays` needs no torch, so the command line checks a CSV before anything is written.
+The points are x, shape [features, points] (one row per feature, so that feature i is
+the contiguous row x[i]), and y, shape [points]. One feature is column x of a CSV and
+the model's a; k features are columns x1..xk and the model's w1..wk.
+
+`load_arrays` needs no torch, so a CSV is checked before anything is written.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,14 +21,27 @@ from runner.config import ConfigError, DataConfig
 if TYPE_CHECKING:
     import torch
 
+CSV_COLUMNS = "columns x and y, or x1..xk and y"
+
+
+def feature_names(k: int) -> list[str]:
+    """The data's columns: x for one feature (the notebooks' y = a*x + b), else x1..xk."""
+    return ["x"] if k == 1 else [f"x{i}" for i in range(1, k + 1)]
+
+
+def weight_names(k: int) -> list[str]:
+    """The model's weights, one per feature: a (the notebooks' slope), else w1..wk."""
+    return ["a"] if k == 1 else [f"w{i}" for i in range(1, k + 1)]
+
 
 def load_arrays(data: DataConfig, seed: int, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The points (x, y) as float32 arrays; relative CSV paths are taken from base_dir."""
+    """The points (x [features, points], y [points]) as float32 arrays; relative CSV paths
+    are taken from base_dir."""
     x, y = _arrays(data, seed, base_dir)
     for name, values in (("x", x), ("y", y)):
-        if not np.isfinite(values).all():  # e.g. 1e39 from a CSV, or true_a * x overflowing
-            row = int(np.argmin(np.isfinite(values)))
-            allowed = f"points that are finite in float32 ({name}[{row}] is not)"
+        finite = np.isfinite(values).reshape(-1, values.shape[-1]).all(axis=0)
+        if not finite.all():  # e.g. 1e39 from a CSV, or true_a * x overflowing
+            allowed = f"points that are finite in float32 ({name}[{int(np.argmin(finite))}] is not)"
             raise ConfigError("data", data.kind.value, allowed)
     return x, y
 
@@ -31,15 +50,26 @@ def _arrays(data: DataConfig, seed: int, base_dir: Path) -> tuple[np.ndarray, np
     if data.kind == "inline":
         x = np.asarray(data.x, dtype=np.float32)
         if data.y is not None:
-            return x, np.asarray(data.y, dtype=np.float32)
+            return x[None, :], np.asarray(data.y, dtype=np.float32)
         # Computed in float32, as the notebooks compute y from the true parameters with torch.
-        return x, np.float32(data.true_a) * x + np.float32(data.true_b)
+        return x[None, :], np.float32(data.true_a) * x + np.float32(data.true_b)
     if data.kind == "synthetic":
-        rng = np.random.default_rng(seed if data.seed is None else data.seed)
-        x = rng.uniform(-1.0, 1.0, data.n)
-        y = data.true_a * x + data.true_b + data.noise * rng.standard_normal(data.n)
-        return x.astype(np.float32), y.astype(np.float32)
+        return _synthetic(data, seed if data.seed is None else data.seed)
     return _read_csv(base_dir / str(data.path))
+
+
+def _synthetic(data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x ~ U(-1, 1) per feature (correlated through a shared draw), y = w . x + b + noise."""
+    rng = np.random.default_rng(seed)
+    k = data.features or 1
+    weights = data.true_w if data.true_w is not None else [data.true_a] * k
+    x = rng.uniform(-1.0, 1.0, (k, data.n))  # (one feature: the draws of the notebooks' x)
+    if data.correlation:  # every two features share the part sqrt(c) u_0: correlation c
+        c = data.correlation
+        x = math.sqrt(1 - c) * x + math.sqrt(c) * rng.uniform(-1.0, 1.0, data.n)
+    signal = sum(w * row for w, row in zip(weights, x, strict=True))  # one term: exactly w*x
+    y = signal + data.true_b + data.noise * rng.standard_normal(data.n)
+    return x.astype(np.float32), y.astype(np.float32)
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -47,21 +77,18 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     shown = str(path)
     if not path.is_file():
-        raise ConfigError("data.path", shown, "an existing CSV file with columns x and y")
+        raise ConfigError("data.path", shown, f"an existing CSV file with {CSV_COLUMNS}")
     try:
         # As text, so an error can quote the cell exactly as the file has it.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError("data.path", shown, f"a readable CSV ({first_line})") from None
-    missing = [c for c in ("x", "y") if c not in frame.columns]
-    if missing:
-        found = ", ".join(map(str, frame.columns)) or "none"
-        raise ConfigError("data.path", shown, f"columns x and y (missing {missing}; found {found})")
+    features = _feature_columns(list(map(str, frame.columns)), shown)
     if frame.empty:
-        raise ConfigError("data.path", shown, "at least one row of x, y")
+        raise ConfigError("data.path", shown, f"at least one row of {', '.join(features)}, y")
     columns = []
-    for name in ("x", "y"):
+    for name in [*features, "y"]:
         values = pd.to_numeric(frame[name], errors="coerce")
         with np.errstate(over="ignore"):  # a number too large for float32 becomes inf: refused
             bad = ~np.isfinite(values.to_numpy(dtype=np.float64).astype(np.float32))
@@ -71,7 +98,21 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             allowed = f"finite numbers in column {name} (data row {row + 1} holds {held!r})"
             raise ConfigError("data.path", shown, allowed)
         columns.append(values.to_numpy(dtype=np.float32))
-    return columns[0], columns[1]
+    return np.stack(columns[:-1]), columns[-1]
+
+
+def _feature_columns(found: list[str], shown: str) -> list[str]:
+    """The columns holding the features: x, or x1..xk with none missing (y must be there
+    too; other columns are left alone)."""
+    numbered = [int(c[1:]) for c in found if re.fullmatch(r"x[1-9]\d*", c)]
+    if "x" in found and numbered:
+        raise ConfigError("data.path", shown, f"{CSV_COLUMNS}, not both (found {', '.join(found)})")
+    features = ["x"] if not numbered else [f"x{i}" for i in range(1, max(numbered) + 1)]
+    missing = [c for c in [*features, "y"] if c not in found]
+    if missing:
+        listed = ", ".join(found) or "none"
+        raise ConfigError("data.path", shown, f"{CSV_COLUMNS} (missing {missing}; found {listed})")
+    return features
 
 
 def split(
@@ -81,14 +122,15 @@ def split(
     are held out, the rest keep their order; no split for a fraction of 0."""
     if not fraction:
         return (x, y), None
-    held = round(fraction * len(x))
-    if not 1 <= held < len(x):
-        allowed = f"a share that leaves both sets a point ({len(x)} points: {held} held out)"
+    n = len(y)
+    held = round(fraction * n)
+    if not 1 <= held < n:
+        allowed = f"a share that leaves both sets a point ({n} points: {held} held out)"
         raise ConfigError("data.val_fraction", fraction, allowed)
-    order = np.random.default_rng(seed).permutation(len(x))
+    order = np.random.default_rng(seed).permutation(n)
     val = np.sort(order[:held])
     train = np.sort(order[held:])
-    return (x[train], y[train]), (x[val], y[val])
+    return (x[:, train], y[train]), (x[:, val], y[val])
 
 
 def to_tensors(

@@ -8,7 +8,27 @@ Outside a Hydra job (before it, or around a sweep) `console()` does the same wit
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+
+class Console(logging.StreamHandler):
+    """A console stream whose reader may go away (`python -m runner | head -3`): from then
+    on its lines go nowhere, instead of a "Logging error" traceback for each."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            let_go_of(self.stream)
+        else:
+            super().handleError(record)
+
+
+def let_go_of(stream: object) -> None:
+    """Point the stream's file descriptor at /dev/null (its buffered lines, flushed at exit,
+    then go nowhere either), as the Python docs advise for a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())  # type: ignore[attr-defined]
+    os.close(devnull)
 
 
 class BelowWarning(logging.Filter):
@@ -20,8 +40,8 @@ class BelowWarning(logging.Filter):
 
 def console() -> None:
     """Root logging as the job's, minus the file: stdout below WARNING, stderr from it."""
-    out = logging.StreamHandler(sys.stdout)
+    out = Console(sys.stdout)
     out.addFilter(BelowWarning())
-    err = logging.StreamHandler(sys.stderr)
+    err = Console(sys.stderr)
     err.setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[out, err], force=True)

@@ -29,7 +29,7 @@ import torch
 
 from runner.losses import Loss
 from runner.minibatch import MiniBatches
-from runner.model import Linear, joined
+from runner.model import Features, Linear, joined
 from runner.optimizers import Optimizer
 from runner.schedules import Schedule
 
@@ -131,7 +131,7 @@ def train(
     batches: MiniBatches | None = None,
 ) -> list[Outcome]:
     """Run the epochs, hand each member's history to its `write` every `chunk` epochs (and
-    at its end), say how each member ended.
+    at its end), say how each member ended. x: [features, points]; y: [points].
 
     Row k holds epoch k's loss, the parameters that loss was computed at (before the
     step, as seed 002 prints them) and the gradient the step then used; with a schedule,
@@ -149,7 +149,8 @@ def train(
 
     With `check_grad` (a tolerance), column grad_check holds each epoch's largest
     relative difference between autograd's gradient and the analytic one,
-    2/N sum (y_hat - y) * x and 2/N sum (y_hat - y), computed on the device.
+    2/N sum (y_hat - y) * x_i for each weight and 2/N sum (y_hat - y) for b, computed on
+    the device.
 
     A member ends early, after writing every row it keeps: at its first non-finite row
     (diverged), at its first grad_check above its tolerance, once its loss changes by
@@ -226,7 +227,7 @@ class _Epochs:
     loss_fn: Loss
     members: list[Member]
     active: dict  # the members still training
-    x: torch.Tensor
+    x: torch.Tensor  # [features, points]
     y: torch.Tensor  # [members, points]: a view, every member fits the same points
     val: tuple[torch.Tensor, torch.Tensor] | None  # held-out (x, y [members, points])
     batches: MiniBatches | None
@@ -234,6 +235,8 @@ class _Epochs:
 
     def __post_init__(self) -> None:
         self.names = self.model.names()
+        # The feature rows as a tuple: indexing a tensor costs microseconds every epoch.
+        self.features = tuple(self.x)
         self.ones = torch.ones(len(self.members), 1, dtype=self.x.dtype, device=self.x.device)
 
     def run(self, slot: torch.Tensor) -> None:
@@ -245,20 +248,20 @@ class _Epochs:
 
     def _full_batch(self, slot: torch.Tensor) -> None:
         """One step on the whole data."""
-        y_hat, loss = self._backward(self.x, self.y)
+        y_hat, loss = self._backward(self.features, self.y)
         with torch.no_grad():  # every value a column [members, 1]: one cat fills the row
             row = [loss, *self._val_loss()]  # (at the parameters of `loss`)
             row += [self.model.values[n] for n in self.names]
             row += self._grads()
             if self.checking:
-                row.append(_grad_error(y_hat - self.y, self.x, row[-len(self.names) :]))
+                row.append(_grad_error(y_hat - self.y, self.features, row[-len(self.names) :]))
             torch.cat(row, dim=-1, out=slot)  # a copy of the parameters, before step()
         self._step()
 
     def _minibatches(self, slot: torch.Tensor) -> None:
         """One step per mini-batch; the row starts at the parameters the epoch starts from."""
         with torch.no_grad():
-            head = [self.loss_fn(self.model(self.x), self.y), *self._val_loss()]
+            head = [self.loss_fn(self.model(self.features), self.y), *self._val_loss()]
             head += [self.model.values[n] for n in self.names]
             slot[:, : len(head)] = torch.cat(head, dim=-1)  # a copy: the steps change them
         total = torch.zeros_like(self.ones)
@@ -266,7 +269,7 @@ class _Epochs:
         logged = slot[:, slot.shape[1] - self.batches.steps * width :] if self.batches.log else None
         for s, points in enumerate(self.batches.epoch()):
             # [size] in data order; [members, size] shuffled (each member its own order)
-            xb = self.x[points]
+            xb = self.x[:, points]
             yb = self.y[:, points] if isinstance(points, slice) else self.y.gather(1, points)
             y_hat, loss = self._backward(xb, yb)
             with torch.no_grad():
@@ -281,7 +284,7 @@ class _Epochs:
                 tail.append(_grad_error(y_hat - yb, xb, tail[: len(self.names)]))
             slot[:, len(head) : len(head) + len(tail)] = torch.cat(tail, dim=-1)
 
-    def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _backward(self, x: Features, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y_hat = self.model(x)
         loss = self.loss_fn(y_hat, y)  # one loss per member
         for j in self.active:
@@ -326,10 +329,11 @@ def _after_chunk(
     return None
 
 
-def _grad_error(residual: torch.Tensor, x: torch.Tensor, grads: list) -> torch.Tensor:
+def _grad_error(residual: torch.Tensor, x: Features, grads: list) -> torch.Tensor:
     """Each member's largest |autograd - analytic| / (1 + |analytic|), [members, 1]."""
-    analytic = [2 * (residual * x).mean(dim=-1, keepdim=True),
-                2 * residual.mean(dim=-1, keepdim=True)][: len(grads)]  # fmt: skip
+    analytic = [2 * (residual * feature).mean(dim=-1, keepdim=True) for feature in x]
+    analytic.append(2 * residual.mean(dim=-1, keepdim=True))  # b's, when there is a b
+    analytic = analytic[: len(grads)]
     errors = [(g - a).abs() / (1 + a.abs()) for g, a in zip(grads, analytic, strict=True)]
     return torch.stack(errors).amax(dim=0)
 

@@ -1,33 +1,47 @@
-"""The model: y = a*x + b, or y = a*x without the bias (seed 000's theta), for a batch.
+"""The model: y = w . x + b with one weight per feature (y = a*x + b for one feature, the
+notebooks' line), or without the bias (seed 000's theta), for a batch.
 
 A batch holds one model per job trained together (runner/batch.py); a single run is a
-batch of one. Each member's a and b are parameters of their own (one value, shape [1, 1]),
-so each member's optimizer steps exactly the tensors a single run would step; the forward
-pass joins them into columns of shape [members, 1], which broadcast against the points
-without a reshape, and computes every member's prediction at once.
+batch of one. Each member's weights and b are parameters of their own (one value, shape
+[1, 1]), so each member's optimizer steps exactly the tensors a single run would step;
+the forward pass joins them into columns of shape [members, 1], which broadcast against
+the points without a reshape, and computes every member's prediction at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from runner.config import ModelConfig
+from runner.config import ConfigError, ModelConfig
+from runner.data import weight_names
+
+Features = torch.Tensor | Sequence[torch.Tensor]  # x, or its rows: one per feature
 
 
 class Linear(torch.nn.Module):
-    def __init__(self, a: torch.Tensor, b: torch.Tensor | None) -> None:
-        """a and b: one value per member, shape [members]."""
+    def __init__(self, weights: dict[str, torch.Tensor], b: torch.Tensor | None) -> None:
+        """weights (a, or w1..wk) and b: one value per member, shape [members]."""
         super().__init__()
-        self.a = torch.nn.ParameterList(_one_each(a))
+        self.w = torch.nn.ModuleDict({n: torch.nn.ParameterList(_one_each(v))
+                                         for n, v in weights.items()})  # fmt: skip
         self.b = None if b is None else torch.nn.ParameterList(_one_each(b))
         # Plain lists of the same tensors: ParameterList's indexing costs a lookup each time.
-        self.by_name = {"a": list(self.a), **({"b": list(self.b)} if b is not None else {})}
+        self.by_name = {n: list(params) for n, params in self.w.items()}
+        if self.b is not None:
+            self.by_name["b"] = list(self.b)
+        self.weights = list(weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [points] (or [members, points]) -> predictions [members, points]. The joined
-        parameters stay in `values` for the loop to record (before the step changes them)."""
+    def forward(self, x: Features) -> torch.Tensor:
+        """x: [features, points] (or [features, members, points]), or the tuple of its rows
+        -> predictions [members, points]. The joined parameters stay in `values` for the
+        loop to record (before the step changes them)."""
         self.values = {name: joined(params) for name, params in self.by_name.items()}
-        y = self.values["a"] * x
+        first, *others = self.weights
+        y = self.values[first] * x[0]  # one feature: a * x, the notebooks' numbers
+        for i, name in enumerate(others, start=1):
+            y = y + self.values[name] * x[i]
         return y if self.b is None else y + self.values["b"]
 
     def stacked(self, name: str) -> torch.Tensor:
@@ -42,7 +56,7 @@ class Linear(torch.nn.Module):
         return [params[j] for params in self.by_name.values()]
 
     def __len__(self) -> int:
-        return len(self.by_name["a"])
+        return len(self.by_name[self.weights[0]])
 
 
 def _one_each(values: torch.Tensor) -> list[torch.nn.Parameter]:
@@ -55,18 +69,26 @@ def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def initial(cfg: ModelConfig, seed: int) -> tuple[float, float]:
-    """A member's start (a, b). Random init draws a, then b, from torch's generator seeded
-    with the run's seed, on the CPU, so a seed gives the same start on every device."""
+def initial(cfg: ModelConfig, seed: int, features: int) -> list[float]:
+    """A member's start: its weights, then b. Random init draws them in that order from
+    torch's generator seeded with the run's seed, on the CPU, so a seed gives the same
+    start on every device."""
     if cfg.init == "random":
         generator = torch.Generator().manual_seed(seed)
-        a, b = torch.randn((), generator=generator), torch.randn((), generator=generator)
-        return a.item(), b.item()
-    return cfg.a, cfg.b
+        return [torch.randn((), generator=generator).item() for _ in range(features + 1)]
+    if cfg.w is None:
+        return [cfg.a] * features + [cfg.b]
+    if len(cfg.w) != features:
+        allowed = f"null or a list of {features} numbers (the data have {features} features)"
+        raise ConfigError("model.w", cfg.w, allowed)
+    return [*cfg.w, cfg.b]
 
 
-def build_model(cfgs: list[ModelConfig], seeds: list[int], device: torch.device) -> Linear:
+def build_model(
+    cfgs: list[ModelConfig], seeds: list[int], features: int, device: torch.device
+) -> Linear:
     """One member per config (they share `bias`), on the device."""
-    starts = torch.tensor([initial(cfg, seed) for cfg, seed in zip(cfgs, seeds, strict=True)])
-    a, b = starts[:, 0].to(device), starts[:, 1].to(device)
-    return Linear(a, b if cfgs[0].bias else None)
+    starts = [initial(cfg, seed, features) for cfg, seed in zip(cfgs, seeds, strict=True)]
+    columns = torch.tensor(starts).to(device).T  # [parameters, members]
+    weights = dict(zip(weight_names(features), columns[:features], strict=True))
+    return Linear(weights, columns[features] if cfgs[0].bias else None)

@@ -1,6 +1,7 @@
 """Pictures of one run, as PNG files (matplotlib, no display needed): the loss per epoch
-against the optimum, the data with the fitted and the exact line, and the path of the
-parameters over the loss surface. A sweep's pictures are in runner/report.py.
+against the optimum, and for one feature the data with the fitted and the exact line and
+the path of the parameters over the loss surface; for k features, the path of each
+parameter towards its optimum. A sweep's pictures are in runner/report.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def run_plots(
     final: dict[str, float],
     out_dir: Path,
 ) -> list[Path]:
-    """loss.png, fit.png and trajectory.png in out_dir; returns their paths.
+    """loss.png, fit.png and trajectory.png (k features: loss.png and parameters.png) in
+    out_dir; returns their paths.
 
     `final` holds the parameters the run ended with (the last row of the history holds
     the ones before the last step).
@@ -49,11 +51,14 @@ def run_figures(
     best: Optimum,
     final: dict[str, float],
 ) -> dict[str, Figure]:
-    """The three pictures of a run by name (loss, fit, trajectory), not yet written."""
+    """The pictures of a run by name, not yet written. x: [features, points]."""
     from matplotlib.figure import Figure
 
     figures = {}
-    for name, draw in (("loss", _loss), ("fit", _fit), ("trajectory", _trajectory)):
+    drawings = [("loss", _loss), ("fit", _fit), ("trajectory", _trajectory)]
+    if len(x) > 1:  # no line to draw through k-dimensional points, no plane of two parameters
+        drawings = [("loss", _loss), ("parameters", _parameters)]
+    for name, draw in drawings:
         # A bare Figure, not pyplot: nothing global to close, no display backend needed.
         fig = Figure(figsize=WIDE, layout="constrained")
         draw(fig.subplots(), history, x, y, best, final)
@@ -89,6 +94,7 @@ def _loss(
 def _fit(
     ax: Any, history: pd.DataFrame, x: np.ndarray, y: np.ndarray, best: Optimum, final: dict
 ) -> None:
+    x = x[0]  # the one feature
     many = len(x) > MAX_POINTS
     shown = np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False) if many else ...
     ax.scatter(x[shown], y[shown], s=14, color="0.6", label="data", zorder=1)
@@ -137,6 +143,21 @@ def _trajectory(
         ax.set(xlabel="a", ylabel="b", title="Path of (a, b) over the loss contours")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
+
+
+def _parameters(
+    ax: Any, history: pd.DataFrame, x: np.ndarray, y: np.ndarray, best: Optimum, final: dict
+) -> None:
+    epochs = np.append(history["epoch"].to_numpy(), len(history))  # ... and where it ended
+    for i, (name, value) in enumerate(best.params.items()):
+        path = np.append(history[name].to_numpy(), final[name])
+        ax.plot(epochs, path, color=f"C{i % 10}", label=name)
+        ax.axhline(value, color=f"C{i % 10}", linestyle="--", linewidth=1)
+    ax.plot([], [], "k--", linewidth=1, label="optimum (least squares)")
+    ax.set(xlabel="epoch", ylabel="value", title=(f"Path of each parameter ({len(x)} features, "
+           f"condition number {best.condition:.3g})"))  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", ncols=2 if len(best.params) > 6 else 1)
 
 
 def _span(values: np.ndarray) -> tuple[float, float]:

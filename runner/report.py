@@ -28,7 +28,7 @@ SUMMARY_COLUMNS = [
     "lr",
     "stable_lr_max",
     "final_loss",
-    "final_a",
+    "final_a",  # the final parameters: final_a, final_b, or final_w1..final_wk, final_b
     "final_b",
     "epochs_run",
     "diverged_at_epoch",
@@ -39,7 +39,8 @@ SUMMARY_COLUMNS = [
 # Best first: finished runs (by final loss), then the ones that ran off, were stopped, broke.
 STATUS_ORDER = {"FINISHED": 0, "DIVERGED": 1, "KILLED": 2, "FAILED": 3}
 INT_COLUMNS = ("epochs_run", "diverged_at_epoch", "converged_at_epoch", "stalled_at_epoch")
-FLOAT_COLUMNS = ("lr", "stable_lr_max", "final_loss", "final_a", "final_b")
+FLOAT_COLUMNS = ("lr", "stable_lr_max", "final_loss")
+NOT_PARAMETERS = ("final_loss", "final_gap", "final_distance")
 WIDE = (8, 5)  # inches; every picture of this module has this size
 DPI = 110
 
@@ -61,14 +62,25 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[order].reset_index(drop=True)
 
 
+def parameter_columns(columns: Any) -> list[str]:
+    """The final parameters among `columns`, in their order: final_a, final_b, or
+    final_w1..final_wk, final_b for k features."""
+    found = [c for c in columns if c.startswith("final_") and c not in NOT_PARAMETERS]
+    return sorted(found, key=lambda c: (c == "final_b", len(c), c))  # a or w1..wk, then b
+
+
 def summarize(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job directory `<sweep_dir>/<N>/` (SUMMARY_COLUMNS), ranked best first."""
+    """One row per job directory `<sweep_dir>/<N>/` (SUMMARY_COLUMNS, with the jobs' own
+    parameter columns where they are not a and b), ranked best first."""
     rows = [_job_row(d) for d in sweep_dir.iterdir() if d.name.isdigit()]
     rows = [row for row in rows if row is not None]
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    summary = summary.astype(
-        dict.fromkeys(FLOAT_COLUMNS, float) | dict.fromkeys(INT_COLUMNS, "Int64")
-    )
+    found = parameter_columns(dict.fromkeys(c for row in rows for c in row))  # (in order)
+    params = found if found and found != ["final_a"] else ["final_a", "final_b"]
+    at = SUMMARY_COLUMNS.index("final_a")
+    columns = SUMMARY_COLUMNS[:at] + params + SUMMARY_COLUMNS[at + 2 :]
+    summary = pd.DataFrame(rows, columns=columns)
+    floats = [*FLOAT_COLUMNS, *params]
+    summary = summary.astype(dict.fromkeys(floats, float) | dict.fromkeys(INT_COLUMNS, "Int64"))
     # result.json writes a non-finite loss as null: such a job ranks, and prints, as inf.
     summary["final_loss"] = summary["final_loss"].fillna(math.inf)
     return rank(summary)

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
 from runner.config import Config, ConfigError, DataKind, plain
-from runner.data import load_arrays, split, to_tensors
+from runner.data import feature_names, load_arrays, split, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, split_steps, train
 from runner.losses import Loss, build_loss
 from runner.minibatch import MiniBatches
@@ -92,14 +92,15 @@ def build(confs: list[Config], launch_dir: Path | None) -> Setup:
     points, held_out = split(*points, conf.data.val_fraction, seed)
     x, y = to_tensors(*points, device)
     val = to_tensors(*held_out, device) if held_out is not None else None
-    model = build_model([c.model for c in confs], [c.seed for c in confs], device)
+    features = len(points[0])  # x: [features, points]
+    model = build_model([c.model for c in confs], [c.seed for c in confs], features, device)
     loss_fn = build_loss(conf.loss.name)
     optimizers = [build_optimizer(c.optimizer, model.member(j), c.lr) for j, c in enumerate(confs)]
     schedules = [
         build_schedule(c.schedule, o, c.epochs) for c, o in zip(confs, optimizers, strict=True)
     ]
     best = optimum(*points, conf.model.bias)
-    batches = _minibatches(confs, len(points[0]), device)
+    batches = _minibatches(confs, len(points[1]), device)
     return Setup(model, loss_fn, optimizers, schedules, x, y, val, batches, points, best)
 
 
@@ -134,6 +135,7 @@ class Result:
     final: dict[str, float] = field(default_factory=dict)  # final_a, final_b, ...
     lr: float = math.nan
     stable_lr_max: float = math.nan  # 2 / largest eigenvalue of the loss's Hessian
+    condition_number: float = math.nan  # its largest / smallest eigenvalue
     optimum_loss: float = math.nan
     mlflow_run_id: str | None = None
     diverged_at_epoch: int | None = None
@@ -161,8 +163,9 @@ class JobRun:
         self.steps = s.batches.steps if s.batches is not None and s.batches.log else 0
         self.steps_csv: CsvSink | None = None  # log_steps: steps.csv
         self.alone = alone  # a batch of one: the console and the progress bar are its own
-        self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=s.best.stable_lr_max,
-                             optimum_loss=s.best.loss)  # fmt: skip
+        best = s.best
+        self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=best.stable_lr_max,
+                             condition_number=best.condition, optimum_loss=best.loss)  # fmt: skip
         self.ending = Ending("FAILED")
 
     def request_store(self, s: Setup, lane: int, data: DataSpec | None) -> None:
@@ -358,7 +361,11 @@ def _mlflow_sink(
         tags["mlflow.parentRunId"] = ctx.sweep_parent  # the dashboard nests it under its sweep
     params = {k: str(v) for k, v in pd.json_normalize(plain(conf)).iloc[0].items()}
     params |= {f"optimum.{k}": str(v) for k, v in s.best.params.items()}
-    params |= {"optimum.loss": str(s.best.loss), "stable_lr_max": str(s.best.stable_lr_max)}
+    params |= {
+        "optimum.loss": str(s.best.loss),
+        "stable_lr_max": str(s.best.stable_lr_max),
+        "condition_number": str(s.best.condition),
+    }
     spec = RunSpec(uri, conf.mlflow.experiment, run_name(list(ctx.overrides)), params, tags)
     return MlflowSink(spec, lane, conf.mlflow.log_every, data)
 
@@ -366,7 +373,7 @@ def _mlflow_sink(
 def _data_spec(conf: Config, s: Setup, launch_dir: Path) -> DataSpec | None:
     """The training data as MLflow's run input: named and sourced from the config."""
     x, y = s.points
-    if not conf.mlflow.enabled or len(x) > DATASET_POINTS_MAX:
+    if not conf.mlflow.enabled or len(y) > DATASET_POINTS_MAX:
         return None
     data = conf.data
     if data.kind == DataKind.csv:
@@ -375,19 +382,26 @@ def _data_spec(conf: Config, s: Setup, launch_dir: Path) -> DataSpec | None:
     elif data.kind == DataKind.synthetic:
         seed = data.seed if data.seed is not None else conf.seed
         name = "synthetic"
-        source = (f"synthetic: n={data.n}, y = {data.true_a} * x + {data.true_b} + "
-                  f"{data.noise} * N(0, 1), seed={seed}")  # fmt: skip
+        weights = data.true_w if data.true_w is not None else [data.true_a] * len(x)
+        line = f"{weights[0]} * x" if len(x) == 1 else f"{weights} . x"
+        spread = f", correlation={data.correlation}" if data.correlation else ""
+        source = (f"synthetic: n={data.n}, y = {line} + {data.true_b} + {data.noise} * N(0, 1)"
+                  f"{spread}, seed={seed}")  # fmt: skip
     else:
         name, source = "inline", "data.x and data.y of the config"
     key = hashlib.sha1(x.tobytes() + y.tobytes() + source.encode()).hexdigest()
-    columns = {"x": x, "y": y}
+    columns = dict(zip(feature_names(len(x)), x, strict=True)) | {"y": y}
     return DataSpec(key, name, source, data.kind == DataKind.csv, columns)
 
 
 def _model_spec(s: Setup, final: dict[str, float]) -> ModelSpec:
-    """A finished member's parameters as the MLflow model y = a * x + b."""
-    example = {"x": [float(v) for v in s.points[0][:5]]}
-    return ModelSpec({"x": final["final_a"]}, final.get("final_b", 0.0), example)
+    """A finished member's parameters as the MLflow model y = w . x + b, one input column
+    per feature (x, or x1..xk, as in the data)."""
+    x = s.points[0]
+    columns = feature_names(len(x))
+    weights = {c: final[f"final_{n}"] for c, n in zip(columns, s.model.weights, strict=True)}
+    example = {c: [float(v) for v in row[:5]] for c, row in zip(columns, x, strict=True)}
+    return ModelSpec(weights, final.get("final_b", 0.0), example)
 
 
 def _final_metrics(s: Setup) -> list[dict[str, float]]:
@@ -493,6 +507,10 @@ def _print_summary(
         log.info(
             f"runner: optimum loss {best.loss:.6g} at {exact}: gap {result.final['final_gap']:.3g},"
             f" distance {result.final['final_distance']:.3g}"
+        )
+        log.info(
+            f"runner: loss's Hessian: stable for plain gradient descent below lr "
+            f"{best.stable_lr_max:.4g} (2/λmax), condition number {best.condition:.4g} (λmax/λmin)"
         )
         if result.stalled_at_epoch is not None:
             log.info(

@@ -7,12 +7,12 @@ run or a sweep's parent run, is runner/mlflow_sink.py.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
 
 from runner.loop import Abandon
@@ -32,6 +32,20 @@ class SinkError(Abandon):
     The loop ends that run (FAILED), and the runs trained with it go on."""
 
 
+def csv_rows(chunk: pd.DataFrame) -> str:
+    """The rows as pandas' to_csv writes them: each number's repr (float64's round-trips
+    exactly, so the CSV holds the very numbers sent to MLflow), an empty cell for NaN. Written
+    with Python's repr, which is C: twice as fast as to_csv, the largest host cost of an epoch."""
+    if chunk.empty:
+        return ""
+    if not all(dtype in (np.int64, np.float64) for dtype in chunk.dtypes):  # (float32: its own)
+        return chunk.to_csv(index=False, header=False, lineterminator="\n")
+    columns = [chunk[c].tolist() for c in chunk.columns]
+    rows = zip(*columns, strict=True)
+    text = "\n".join(",".join(map(repr, row)) for row in rows) + "\n"
+    return text.replace("nan", "") if "nan" in text else text  # no other number spells it
+
+
 class CsvSink:
     """metrics.csv: the header at open, then each chunk with one write.
 
@@ -48,10 +62,7 @@ class CsvSink:
         self._append(",".join(self.columns) + "\n")
 
     def write(self, chunk: pd.DataFrame) -> None:
-        # float64 repr round-trips exactly, so the CSV holds the very numbers sent to MLflow.
-        text = io.StringIO()
-        chunk.to_csv(text, index=False, header=False, lineterminator="\n")
-        self._append(text.getvalue())
+        self._append(csv_rows(chunk))
 
     def _append(self, text: str) -> None:
         data = memoryview(text.encode())

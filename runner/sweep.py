@@ -19,7 +19,7 @@ from runner import tracking
 from runner.config import Config
 from runner.logs import console
 from runner.mlflow_sink import MlflowSink, end_the_unended, timeout
-from runner.report import summarize, sweep_plots
+from runner.report import parameter_columns, summarize, sweep_plots
 from runner.store import default_tracking_uri, run_name
 from runner.tracking import Ending, RunSpec, TrackingError
 
@@ -75,7 +75,7 @@ class Sweep:
 
 
 def _show(summary: pd.DataFrame, path: Path) -> None:
-    shown = summary[["overrides", "status", "final_loss", "final_a", "final_b"]]
+    shown = summary[["overrides", "status", "final_loss", *parameter_columns(summary.columns)]]
     log.info(f"runner: sweep of {len(summary)} jobs, best first ({path}):")
     log.info(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
 
@@ -100,7 +100,7 @@ def _best(summary: pd.DataFrame) -> dict[str, Any]:
         tags |= {"best_run_id": str(best["mlflow_run_id"]), "best_overrides": best["overrides"]}
         metrics = {
             f"best_{k}": float(best[k])
-            for k in ("final_loss", "final_a", "final_b")
+            for k in ("final_loss", *parameter_columns(summary.columns))
             if pd.notna(best[k])
         }
     return {"tags": tags, "metrics": metrics}

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support import make_config, train_history
+from support import make_config, train_history, train_setup
 
 from runner.analysis import add_distances, optimum
 from runner.loop import How, Member, train
 from runner.plots import run_plots
 from runner.run import RunContext, build, run
 
-X002, Y002 = np.float32([1, 2, 3]), np.float32([1.0, 1.5, 2.0])
+X002, Y002 = np.float32([[1, 2, 3]]), np.float32([1.0, 1.5, 2.0])  # x: [features, points]
 
 
 def test_optimum_and_stability_limit_by_hand() -> None:
@@ -26,15 +26,51 @@ def test_optimum_and_stability_limit_by_hand() -> None:
     # H = 2/3 [[14, 6], [6, 3]]: lambda_max = (17 + sqrt(265)) / 3, lr_max = 2 / lambda_max.
     assert best.stable_lr_max == pytest.approx(6 / (17 + np.sqrt(265)), rel=1e-12)
 
-    theta = optimum(np.float32([2]), np.float32([3]), bias=False)  # seed 000: y = theta * x
+    theta = optimum(np.float32([[2]]), np.float32([3]), bias=False)  # seed 000: y = theta * x
     assert theta.params == {"a": 1.5} and theta.loss == 0.0
     assert theta.stable_lr_max == pytest.approx(0.25)  # H = 2 x^2 = 8
 
-    x, y = np.float32([0.5, 0.9, 1.4, 1.8]), np.float32([2.0, 3.8, 5.0, 7.2])  # seed 003
-    a, b = np.polyfit(x.astype(float), y.astype(float), 1)
+    x, y = np.float32([[0.5, 0.9, 1.4, 1.8]]), np.float32([2.0, 3.8, 5.0, 7.2])  # seed 003
+    a, b = np.polyfit(x[0].astype(float), y.astype(float), 1)
     noisy = optimum(x, y, bias=True)
     assert noisy.params == pytest.approx({"a": a, "b": b}, rel=1e-10)
-    assert noisy.loss == pytest.approx(np.mean((a * x + b - y.astype(float)) ** 2), rel=1e-10)
+    assert noisy.loss == pytest.approx(np.mean((a * x[0] + b - y.astype(float)) ** 2), rel=1e-10)
+
+
+def test_k_features_optimum_hessian_and_condition_number_against_numpy() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 40)).astype(np.float32)
+    x[2] = 0.9 * x[0] + 0.1 * x[2]  # two features nearly the same: an ill-conditioned H
+    y = (1.5 * x[0] - 2 * x[1] + 0.5 * x[2] + 0.3 + rng.normal(size=40)).astype(np.float32)
+    best = optimum(x, y, bias=True)
+    X = np.column_stack([x.T.astype(np.float64), np.ones(40)])
+    solution, *_ = np.linalg.lstsq(X, y.astype(np.float64), rcond=None)
+    assert list(best.params) == ["w1", "w2", "w3", "b"]
+    np.testing.assert_allclose(list(best.params.values()), solution, rtol=1e-12)
+    assert best.loss == pytest.approx(np.mean((X @ solution - y) ** 2), rel=1e-12)
+    eigenvalues = np.linalg.eigvalsh(2 / 40 * X.T @ X)
+    assert best.stable_lr_max == pytest.approx(2 / eigenvalues[-1], rel=1e-12)
+    assert best.condition == pytest.approx(eigenvalues[-1] / eigenvalues[0], rel=1e-9)
+    assert best.condition == pytest.approx(np.linalg.cond(X) ** 2, rel=1e-6)  # H = 2/N X^T X
+    assert best.condition > 100
+    # One feature: H = 2/3 [[14, 6], [6, 3]], eigenvalues (17 +- sqrt(265)) / 3.
+    one = optimum(X002, Y002, bias=True)
+    assert one.condition == pytest.approx((17 + np.sqrt(265)) / (17 - np.sqrt(265)), rel=1e-9)
+    # A feature that is another one's copy: a direction the loss cannot see.
+    assert optimum(np.stack([x[0], x[0]]), y, bias=True).condition == np.inf
+
+
+def test_the_gradient_check_covers_every_weight() -> None:
+    settings = ("data=synthetic", "data.features=4", "data.correlation=0.5", "check_grad=true")
+    hist, _ = train_history(*settings, "lr=0.1")
+    assert list(hist.columns[hist.columns.str.startswith("grad_")]) == [
+        "grad_w1", "grad_w2", "grad_w3", "grad_w4", "grad_b", "grad_check"]  # fmt: skip
+    assert hist["grad_check"].max() < 1e-5  # float32 rounding, nothing more
+    conf = make_config(*settings)
+    s = build([conf], None)
+    s.model.w["w3"][0].register_hook(lambda g: 2 * g)  # autograd now wrong for w3 alone
+    _, outcome = train_setup(s, conf)
+    assert outcome.how == How.grad_check_failed and outcome.at_epoch == 0
 
 
 def test_gap_and_distance_per_epoch() -> None:

@@ -82,6 +82,11 @@ SWEEPS = {
                   "data.true_a=2", "data.true_b=-1", "batch_size=4", "seed=0,1",
                   "lr=0.05,0.2", "schedule=constant,cosine", "data.val_fraction=0,0.25",
                   "epochs=40", "chunk=16"],
+    # y = w . x + b on three correlated features (data.seed: every seed one batch)
+    "features": ["data=synthetic", "data.n=40", "data.features=3", "data.true_w=[1,-2,0.5]",
+                 "data.correlation=0.7", "data.seed=3", "loss=manual,mse",
+                 "optimizer=manual,sgd", "lr=0.05,0.4", "model.init=fixed,random", "seed=0,1",
+                 "check_grad=true", "epochs=30"],
 }  # fmt: skip
 
 

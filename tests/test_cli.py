@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from support import run_cli
+from support import run_cli, runner_env
 from test_loop import SEED_002
 
 
@@ -59,3 +59,22 @@ def test_checking_the_command_line_imports_neither_torch_nor_mlflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["epochs=5", "plots=false", "mlflow.enabled=false"],
+     ["-m", "epochs=5", "lr=0.1,0.2", "mlflow.enabled=false"]],
+    ids=["help", "run", "sweep"],
+)  # fmt: skip
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path, args: list[str]) -> None:
+    """`python -m runner ... | head -1`: the rest of the lines go nowhere, quietly."""
+    process = subprocess.Popen([sys.executable, "-m", "runner", *args],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=runner_env())  # fmt: skip
+    assert process.stdout.readline()  # what `head -1` reads, before it exits
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "Logging error" not in err, err

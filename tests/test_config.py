@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+import shutil
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,6 +120,16 @@ BAD = [
     ("data.val_fraction=1", "data.val_fraction", "in [0, 1)"),
     ("stop.patience=3", "stop.patience", "data.val_fraction > 0"),
     ("mlflow.log_every=0", "mlflow.log_every", "an integer >= 1"),
+    (
+        "data=synthetic data.features=3 data.true_w=[1,2]",
+        "data.true_w",
+        "a list of data.features=3 numbers",
+    ),
+    ("data=synthetic data.correlation=0.5", "data.correlation", "0 with one feature"),
+    ("data=synthetic data.features=2 data.correlation=1", "data.correlation", "in [0, 1)"),
+    ("data.features=2", "data.features", "a setting of data=synthetic"),
+    ("model.init=random model.w=[1,2]", "model.w", "null with model.init=random"),
+    ("model.w=[1,nan]", "model.w", "null or a non-empty list of finite numbers"),
     ("mlflow.log_model=maybe", "mlflow.log_model", "true or false"),
     ("lr=0.1,0.2", "lr", "add -m"),
     ("lr=[1,2", "override", "grammar"),
@@ -234,3 +249,21 @@ def test_the_tests_quick_configs_are_the_ones_hydra_composes(overrides: tuple[st
     with OmegaConf.update: the very Config a whole composition gives."""
     composed = gate.typed(gate.compose_checked(list(overrides), {}))
     assert make_config(*overrides) == composed
+
+
+def _readme_commands() -> list[list[str]]:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    blocks = [block.replace("\\\n", " ") for block in blocks]  # continued lines
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line)[3:] for line in lines if line.startswith("python -m runner ")]
+
+
+@pytest.mark.slow  # about 0.3 s each: Hydra composes every one
+@pytest.mark.parametrize("argv", _readme_commands(), ids=" ".join)
+def test_every_command_of_the_readme_passes_the_gate(argv: list[str]) -> None:
+    if "hydra/launcher=submitit_slurm" in argv and shutil.which("srun") is None:
+        with pytest.raises(ConfigError, match="srun is not on PATH"):  # (no Slurm here)
+            check_command_line(argv)
+        return
+    check_command_line(argv)

@@ -42,7 +42,7 @@ def test_seed_000_one_step_of_theta(loss: str, optimizer: str) -> None:
     assert hist.loc[0, "loss"] == 1.0
     assert hist.loc[0, "grad_a"] == -4.0
     assert hist.loc[0, "a"] == 1.0
-    assert s.model.a[0].item() == np.float32(1.4)
+    assert s.model.w["a"][0].item() == np.float32(1.4)
 
 
 def test_seed_002_first_step() -> None:
@@ -75,10 +75,55 @@ def test_all_four_ways_give_the_same_trajectory_bit_for_bit() -> None:
         pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [[], ["optimizer.momentum=0.9", "optimizer.nesterov=true", "optimizer.weight_decay=0.01"],
+     ["batch_size=16", "schedule=cosine"], ["zero_grad=false", "lr=0.01"]],
+    ids=["plain", "nesterov_decay", "minibatch_cosine", "accumulating"],
+)  # fmt: skip
+def test_all_four_ways_agree_bit_for_bit_with_k_features(settings: list[str]) -> None:
+    features = [
+        "data=synthetic",
+        "data.n=50",
+        "data.features=3",
+        "data.true_w=[1,-2,0.5]",
+        "data.correlation=0.6",
+        "model.init=random",
+        "lr=0.1",
+        "epochs=40",
+        "chunk=16",
+    ]
+    runs = [train_history(*features, f"loss={lo}", f"optimizer={op}", *settings)[0]
+            for lo, op in COMBOS]  # fmt: skip
+    assert {"w1", "w2", "w3", "b", "grad_w3"} <= set(runs[0].columns)
+    assert np.isfinite(runs[0].to_numpy()).all() and runs[0]["w2"].nunique() == 40
+    for (lo, op), other in zip(COMBOS[1:], runs[1:], strict=True):
+        pd.testing.assert_frame_equal(runs[0], other, check_exact=True, obj=f"{lo} {op}")
+
+
+def test_k_features_take_the_steps_written_out_with_torch() -> None:
+    """The update w <- w - lr * 2/N sum (w . x + b - y) x, in float32, with torch alone."""
+    hist, s = train_history("data=synthetic", "data.n=30", "data.features=2", "lr=0.2",
+                            "epochs=5", "optimizer=sgd")  # fmt: skip
+    x, y = s.x, s.y
+    w, b = torch.ones(2, 1, requires_grad=True), torch.ones(1, requires_grad=True)
+    optimizer = torch.optim.SGD([w, b], lr=0.2)
+    for epoch in range(5):
+        row = hist.iloc[epoch]
+        assert [row["w1"], row["w2"], row["b"]] == [*w.view(-1).tolist(), b.item()]
+        optimizer.zero_grad()
+        loss = ((w[0] * x[0] + w[1] * x[1] + b - y) ** 2).mean()
+        loss.backward()
+        assert row["loss"] == loss.item()
+        optimizer.step()
+
+
 def _fresh_gradient(a: float, b: float, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    model = Linear(torch.tensor([a], dtype=torch.float32), torch.tensor([b], dtype=torch.float32))
+    model = Linear(
+        {"a": torch.tensor([a], dtype=torch.float32)}, torch.tensor([b], dtype=torch.float32)
+    )
     ((model(x) - y) ** 2).mean().backward()
-    return np.array([model.a[0].grad.item(), model.b[0].grad.item()], dtype=np.float32)
+    return np.array([model.w["a"][0].grad.item(), model.b[0].grad.item()], dtype=np.float32)
 
 
 @pytest.mark.parametrize("optimizer", ["manual", "sgd"])
@@ -105,8 +150,8 @@ def test_default_zero_grad_records_fresh_gradients(optimizer: str) -> None:
 
 @pytest.mark.parametrize(("epochs", "chunk"), [(10, 3), (10, 10), (10, 1000), (1, 1)])
 def test_chunks_cover_every_epoch_once(epochs: int, chunk: int) -> None:
-    model = Linear(torch.tensor([1.0]), torch.tensor([1.0]))
-    x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.5, 2.0])
+    model = Linear({"a": torch.tensor([1.0])}, torch.tensor([1.0]))
+    x, y = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([1.0, 1.5, 2.0])  # x: [features, points]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     chunks: list[pd.DataFrame] = []
     (outcome,) = train(model, manual_mse, [Member(opt, epochs, chunks.append)], x, y, chunk)
@@ -119,7 +164,7 @@ def test_final_parameters_are_after_the_last_step() -> None:
     hist, s = train_history("experiment=seed_002", "epochs=3")
     a2, b2, ga, gb = hist.loc[2, ["a", "b", "grad_a", "grad_b"]].to_numpy(dtype=np.float32)
     lr = np.float32(0.05)
-    assert s.model.a[0].item() == a2 - lr * ga
+    assert s.model.w["a"][0].item() == a2 - lr * ga
     assert s.model.b[0].item() == b2 - lr * gb
 
 
@@ -151,7 +196,7 @@ def test_tolerance_stops_at_the_first_small_change_with_exact_parameters(chunk: 
     assert outcome.how == How.converged and outcome.at_epoch == k
     pd.testing.assert_frame_equal(kept, full.iloc[: k + 1])
     # The model holds the parameters after step k, as if it had stopped right there.
-    assert (s.model.a[0].item(), s.model.b[0].item()) == tuple(full.loc[k + 1, ["a", "b"]])
+    assert (s.model.w["a"][0].item(), s.model.b[0].item()) == tuple(full.loc[k + 1, ["a", "b"]])
 
 
 def test_a_stop_request_ends_at_an_epoch_boundary_with_every_row() -> None:

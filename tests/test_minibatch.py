@@ -123,11 +123,11 @@ def test_the_validation_points_are_drawn_with_the_seed_and_held_out() -> None:
     split = {seed: build([make_config(*POINTS, "data.val_fraction=0.3", f"seed={seed}")], None)
              for seed in (0, 1)}  # fmt: skip
     for s in split.values():
-        train_x, val_x = s.x.tolist(), s.val[0].tolist()
+        train_x, val_x = s.x[0].tolist(), s.val[0][0].tolist()  # (the one feature)
         assert len(train_x) == 7 and len(val_x) == 3
         assert sorted(train_x + val_x) == sorted(torch.tensor(X).tolist())  # a partition
-        assert s.points[0].tolist() == train_x  # the analysis sees the training points only
-    assert split[0].val[0].tolist() != split[1].val[0].tolist()
+        assert s.points[0][0].tolist() == train_x  # the analysis sees the training points only
+    assert split[0].val[0][0].tolist() != split[1].val[0][0].tolist()
     again = build([make_config(*POINTS, "data.val_fraction=0.3", "seed=0")], None)
     assert again.val[0].tolist() == split[0].val[0].tolist()
 

@@ -11,8 +11,9 @@ import pandas as pd
 from runner.analysis import optimum
 from runner.plots import exact_fit, run_figures, run_plots
 
-X002, Y002 = np.float32([1, 2, 3]), np.float32([1.0, 1.5, 2.0])  # y = x/2 + 1/2 exactly
-X003, Y003 = np.float32([0.5, 0.9, 1.4, 1.8]), np.float32([2.0, 3.8, 5.0, 7.2])  # noisy
+# x: [features, points]
+X002, Y002 = np.float32([[1, 2, 3]]), np.float32([1.0, 1.5, 2.0])  # y = x/2 + 1/2 exactly
+X003, Y003 = np.float32([[0.5, 0.9, 1.4, 1.8]]), np.float32([2.0, 3.8, 5.0, 7.2])  # noisy
 
 
 def _history(losses: list[float], a: list[float], b: list[float] | None = None) -> pd.DataFrame:
@@ -60,7 +61,7 @@ def test_loss_picture_of_a_diverged_run_shows_the_true_optimum() -> None:
 
 def test_exact_fit_is_judged_on_the_data_scale() -> None:
     tiny = np.float32([1e-8, 2e-8, 3e-8])  # small data: a small optimum is not rounding
-    best = optimum(np.float32([1, 2, 3]), tiny + np.float32([0, 1e-9, 0]), bias=True)
+    best = optimum(np.float32([[1, 2, 3]]), tiny + np.float32([0, 1e-9, 0]), bias=True)
     assert 0 < best.loss < 1e-12 and not exact_fit(best, tiny)
     zeros = np.zeros(3, np.float32)
     assert exact_fit(optimum(X002, zeros, bias=True), zeros)
@@ -82,7 +83,7 @@ def test_fit_and_trajectory_pictures_of_a_and_b() -> None:
 
 
 def test_trajectory_of_one_parameter_follows_the_loss_curve() -> None:
-    x, y = np.float32([2]), np.float32([3])  # seed 000: y = theta * x
+    x, y = np.float32([[2]]), np.float32([3])  # seed 000: y = theta * x
     best = optimum(x, y, bias=False)
     history = _history([4.0, 1.0], a=[0.5, 1.0])
     (ax,) = run_figures(history, x, y, best, {"a": 1.25})["trajectory"].axes
@@ -98,3 +99,21 @@ def test_run_plots_writes_the_three_pngs(tmp_path: Path) -> None:
     paths = run_plots(history, X002, Y002, best, {"a": 0.6, "b": 0.6}, tmp_path)
     assert [p.name for p in paths] == ["loss.png", "fit.png", "trajectory.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_k_features_draw_the_path_of_each_parameter_to_its_optimum(tmp_path: Path) -> None:
+    x = np.float32([[1, 2, 3, 4], [1, 0, 1, 0]])  # two features: no line, no (a, b) plane
+    y = np.float32([2, 2, 4, 4])
+    best = optimum(x, y, bias=True)
+    history = pd.DataFrame({"epoch": [0, 1], "loss": [3.0, 1.0], "w1": [0.0, 0.5],
+                            "w2": [0.0, 0.2], "b": [0.0, 0.1]})  # fmt: skip
+    figures = run_figures(history, x, y, best, {"w1": 0.7, "w2": 0.3, "b": 0.2})
+    assert list(figures) == ["loss", "parameters"]
+    (ax,) = figures["parameters"].axes
+    assert _legend(ax) == ["w1", "w2", "b", "optimum (least squares)"]
+    assert ax.get_lines()[0].get_ydata().tolist() == [0.0, 0.5, 0.7]  # ends where it ended
+    optimum_w2 = list(ax.get_lines()[3].get_ydata())
+    assert optimum_w2 == [best.params["w2"]] * 2  # the dashed line at its optimum
+    assert "condition number" in ax.get_title()
+    paths = run_plots(history, x, y, best, {"w1": 0.7, "w2": 0.3, "b": 0.2}, tmp_path)
+    assert [p.name for p in paths] == ["loss.png", "parameters.png"]

@@ -70,6 +70,19 @@ def test_summary_of_an_empty_sweep_has_the_columns(tmp_path: Path) -> None:
     assert summary.empty and summary.columns.tolist() == SUMMARY_COLUMNS
 
 
+def test_summary_of_k_features_has_their_parameter_columns(tmp_path: Path) -> None:
+    final = {"final_w1": 1.0, "final_w2": -2.0, "final_b": 0.3, "final_gap": 0.0}
+    _job(tmp_path, 0, ["lr=0.1"], _result("FINISHED", 0.01, 0.1) | {"final": final})
+    _job(tmp_path, 1, ["lr=9"], _result("DIVERGED", None, 9.0, diverged_at=3))
+    summary = summarize(tmp_path)
+    at = SUMMARY_COLUMNS.index("final_a")
+    params = ["final_w1", "final_w2", "final_b"]
+    expected = [*SUMMARY_COLUMNS[:at], *params, *SUMMARY_COLUMNS[at + 2 :]]
+    assert summary.columns.tolist() == expected
+    assert summary.loc[0, ["final_w1", "final_w2", "final_b"]].tolist() == [1.0, -2.0, 0.3]
+    assert summary["final_w2"].dtype == float and pd.isna(summary.loc[1, "final_w2"])
+
+
 def test_rank_orders_statuses_then_loss_then_job() -> None:
     frame = pd.DataFrame({
         "job": [5, 4, 3, 2, 1, 0],

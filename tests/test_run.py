@@ -175,6 +175,39 @@ def test_the_logged_model_predicts_with_the_runs_final_parameters(
     assert example["x"].tolist() == [1.0, 2.0, 3.0]  # the training points (seed 002's x)
 
 
+def test_k_features_are_named_w1_to_wk_in_the_csv_mlflow_and_the_model(tmp_path: Path) -> None:
+    """A CSV with columns x1..x3: parameters w1..w3 and b everywhere, the optimum and the
+    condition number as params, the parameter-path picture, and the model y = w . x + b."""
+    import mlflow.pyfunc
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (20, 3))
+    frame = pd.DataFrame(x, columns=["x1", "x2", "x3"]).assign(y=x @ [1.0, -2.0, 0.5] + 0.3)
+    frame.to_csv(tmp_path / "k.csv", index=False)
+    csv_path = _run(tmp_path, "data=csv", "data.path=k.csv", "lr=0.3", "epochs=60")
+    csv = pd.read_csv(csv_path)
+    assert list(csv.columns[:6]) == ["epoch", "loss", "w1", "w2", "w3", "b"]
+    found = _only_run(tmp_path)
+    params, metrics = found.data.params, found.data.metrics
+    for name in ("w1", "w2", "w3", "b"):
+        assert metrics[name] == csv[name].iloc[-1] and f"final_{name}" in metrics
+        assert f"grad_{name}" in metrics and f"optimum.{name}" in params
+    assert float(params["optimum.w2"]) == pytest.approx(-2.0, abs=1e-6)  # (float32 data)
+    assert float(params["condition_number"]) > 1
+    artifacts = {a.path for a in _store(tmp_path).list_artifacts(found.info.run_id)}
+    assert {"loss.png", "parameters.png"} <= artifacts and "fit.png" not in artifacts
+    (dataset,) = found.inputs.dataset_inputs
+    assert [c["name"] for c in json.loads(dataset.dataset.schema)["mlflow_colspec"]] == [
+        "x1", "x2", "x3", "y"]  # fmt: skip
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    loaded = mlflow.pyfunc.load_model(f"runs:/{found.info.run_id}/model")
+    assert loaded.metadata.signature.inputs.input_names() == ["x1", "x2", "x3"]
+    final = json.loads((tmp_path / "out" / "result.json").read_text())["final"]
+    expected = x @ [final["final_w1"], final["final_w2"], final["final_w3"]] + final["final_b"]
+    np.testing.assert_allclose(loaded.predict(frame), expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("setting", "in_sweep", "logged"),
     [("null", False, True), ("false", False, False), ("null", True, False), ("true", True, True)],

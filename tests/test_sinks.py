@@ -11,10 +11,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.sinks import CsvSink, ProgressSink, SinkError
+from runner.sinks import CsvSink, ProgressSink, SinkError, csv_rows
 from runner.tracking import Ending
 
 COLUMNS = ["epoch", "loss", "a"]
+
+
+def test_the_csv_rows_are_the_bytes_pandas_writes() -> None:
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal(500) * 10.0 ** rng.integers(-300, 300, 500)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e16, 1e-5, 123456789.0, 5e-324, 0.1 + 0.2]
+    frame = pd.DataFrame({
+        "epoch": np.arange(510),
+        "loss": np.concatenate([wide, special]),
+        "a": rng.standard_normal(510).astype(np.float32).astype(np.float64),
+        "lr": rng.uniform(size=510).astype(np.float32),  # a float32 column, as written
+    })  # fmt: skip
+    fast = frame.drop(columns="lr")  # int64 and float64: the runner's chunks
+    for chunk in (fast, fast.iloc[:0], fast.iloc[505:506], frame):
+        expected = chunk.to_csv(index=False, header=False, lineterminator="\n")
+        assert csv_rows(chunk) == expected
 
 
 def test_chunks_append_to_one_exact_csv(tmp_path: Path) -> None:

@@ -179,6 +179,8 @@ def _context(hydra_cfg: DictConfig, log_file: bool = False) -> RunContext:
         sweep_parent=os.environ.get(PARENT_VARIABLE) or None if multirun else None,
         owns_terminal=os.environ.get(MAIN_PID) == str(os.getpid()),  # not a parallel worker
         in_sweep=multirun,
+        # A grid's job may be reused; a search's trial trains (its sampler asked for it).
+        reuse=multirun and str(hydra_cfg.sweeper.get("_target_", "")).endswith("GridSweeper"),
         log_file=run_dir / f"{hydra_cfg.job.name}.log" if log_file else None,
     )
 

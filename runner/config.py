@@ -401,6 +401,12 @@ class StopConfig:
 
 
 @dataclass
+class SweepConfig:
+    # false: a grid sweep reuses each job whose identical run FINISHED in the store
+    rerun: bool = False
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -409,6 +415,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     lr: float = field(default=0.05, metadata=check(_positive, "a finite number > 0"))
     epochs: int = field(default=50, metadata=check(lambda v: v >= 1, "an integer >= 1"))
     device: Device = Device.cpu

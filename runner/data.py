@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 CSV_COLUMNS = "columns x and y, or x1..xk and y"
+Points = tuple[np.ndarray, np.ndarray]  # x [features, points], y [points]
 
 
 def feature_names(k: int) -> list[str]:

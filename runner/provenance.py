@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from runner.config import Config, plain
+
 PACKAGES = ("torch", "hydra-core", "mlflow", "pandas", "numpy")
+# Settings that decide how a run is shown and where it is logged, not its numbers.
+NOT_THE_NUMBERS = ("mlflow", "plots", "progress", "print_every", "chunk", "sweep")
+
+
+def run_digest(conf: Config, x: np.ndarray, y: np.ndarray) -> str:
+    """What determines a run's numbers, as one digest: its settings (without where it is
+    logged or how it is shown; the data by content, not by path), the data's bytes and the
+    runner's version. Two runs with the same digest compute the same numbers."""
+    settings = {k: v for k, v in plain(conf).items() if k not in NOT_THE_NUMBERS}
+    settings["data"].pop("path")
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(x).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    digest.update(_version("runner").encode())
+    return digest.hexdigest()[:32]
 
 
 @functools.cache  # once per process: a sweep's jobs share it

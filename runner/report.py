@@ -25,6 +25,7 @@ SUMMARY_COLUMNS = [
     "job",
     "overrides",
     "status",
+    "reused",  # true: not run again, its identical run FINISHED before (runner/reuse.py)
     "lr",
     "stable_lr_max",
     "final_loss",
@@ -83,6 +84,7 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     summary = summary.astype(dict.fromkeys(floats, float) | dict.fromkeys(INT_COLUMNS, "Int64"))
     # result.json writes a non-finite loss as null: such a job ranks, and prints, as inf.
     summary["final_loss"] = summary["final_loss"].fillna(math.inf)
+    summary["reused"] = summary["reused"].astype("boolean").fillna(False).astype(bool)
     return rank(summary)
 
 

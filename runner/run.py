@@ -26,14 +26,15 @@ from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
 from runner.config import Config, ConfigError, DataKind, plain
-from runner.data import feature_names, load_arrays, split, to_tensors
+from runner.data import Points, feature_names, load_arrays, split, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, split_steps, train
 from runner.losses import Loss, build_loss
 from runner.minibatch import MiniBatches
 from runner.mlflow_sink import MlflowSink, StoreUnavailable
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
-from runner.provenance import record
+from runner.provenance import record, run_digest
+from runner.reuse import finished_twins
 from runner.schedules import Schedule, build_schedule
 from runner.signals import STOPPER
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
@@ -61,6 +62,7 @@ class RunContext:
     sweep_parent: str | None = None  # the sweep's MLflow run: this run is its child
     owns_terminal: bool = True  # console lines and a progress bar (not in parallel workers)
     in_sweep: bool = False  # plots=null draws a single run's pictures, not a sweep job's
+    reuse: bool = False  # a grid sweep's job: an identical FINISHED run is reused, not re-run
     log_file: Path | None = None  # its own log, where no launcher set one up (a batch)
 
 
@@ -78,16 +80,24 @@ class Setup:
     batches: MiniBatches | None  # batch_size: each epoch's steps; None: one step on all
     points: tuple[np.ndarray, np.ndarray]  # the training data on the host, for the analysis
     best: Optimum  # the exact least-squares solution of this data
+    digests: list[str]  # member j's run_digest: what determines its numbers
 
 
-def build(confs: list[Config], launch_dir: Path | None) -> Setup:
+def build(
+    confs: list[Config],
+    launch_dir: Path | None,
+    points: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Setup:
     """Data tensors, model, loss and optimizers on the configured device, for jobs that
-    share their data, model kind, loss, optimizer kind and device (runner/batch.py)."""
+    share their data, model kind, loss, optimizer kind and device (runner/batch.py); the
+    data are loaded unless given (as load_arrays gives them)."""
     conf = confs[0]
     device = resolve_device(conf.device)
     if conf.deterministic:
         torch.use_deterministic_algorithms(True)
-    points = load_arrays(conf.data, conf.seed, launch_dir or Path.cwd())
+    if points is None:
+        points = load_arrays(conf.data, conf.seed, launch_dir or Path.cwd())
+    digests = [run_digest(c, *points) for c in confs]
     seed = conf.data.seed if conf.data.seed is not None else conf.seed
     points, held_out = split(*points, conf.data.val_fraction, seed)
     x, y = to_tensors(*points, device)
@@ -101,7 +111,7 @@ def build(confs: list[Config], launch_dir: Path | None) -> Setup:
     ]
     best = optimum(*points, conf.model.bias)
     batches = _minibatches(confs, len(points[1]), device)
-    return Setup(model, loss_fn, optimizers, schedules, x, y, val, batches, points, best)
+    return Setup(model, loss_fn, optimizers, schedules, x, y, val, batches, points, best, digests)
 
 
 def _minibatches(confs: list[Config], n: int, device: torch.device) -> MiniBatches | None:
@@ -144,6 +154,7 @@ class Result:
     failure: str | None = None  # why a FAILED run failed
     tracking_error: str | None = None  # MLflow failed; the CSV went on alone
     signal: int | None = None  # the stop signal of a KILLED run
+    reused: bool = False  # an identical FINISHED run was found in the store: not run again
 
 
 def run(conf: Config, ctx: RunContext) -> Result:
@@ -154,7 +165,7 @@ def run(conf: Config, ctx: RunContext) -> Result:
 class JobRun:
     """One job of a batch: its sinks, its Result, and how its MLflow run ends."""
 
-    def __init__(self, conf: Config, ctx: RunContext, s: Setup, alone: bool) -> None:
+    def __init__(self, conf: Config, ctx: RunContext, s: Setup, alone: bool, digest: str) -> None:
         self.conf, self.ctx, self.best = conf, ctx, s.best
         self.csv_path = ctx.run_dir / "metrics.csv"
         self.mlflow: MlflowSink | None = None
@@ -163,6 +174,7 @@ class JobRun:
         self.steps = s.batches.steps if s.batches is not None and s.batches.log else 0
         self.steps_csv: CsvSink | None = None  # log_steps: steps.csv
         self.alone = alone  # a batch of one: the console and the progress bar are its own
+        self.digest = digest
         best = s.best
         self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=best.stable_lr_max,
                              condition_number=best.condition, optimum_loss=best.loss)  # fmt: skip
@@ -170,7 +182,7 @@ class JobRun:
 
     def request_store(self, s: Setup, lane: int, data: DataSpec | None) -> None:
         """Ask for the MLflow run (every job of a batch asks before the first waits)."""
-        self.mlflow = _mlflow_sink(self.conf, s, self.ctx, lane, data)
+        self.mlflow = _mlflow_sink(self.conf, s, self.ctx, lane, data, self.digest)
         if self.mlflow is not None:
             self.mlflow.request()
 
@@ -256,14 +268,47 @@ class JobRun:
             if self.result.status == "FINISHED":  # the store failed: the run is not whole
                 self.result.status = "FAILED"
                 self.result.failure = f"MLflow failed: {self.mlflow.error}"
-        _write_result(self.ctx.run_dir, self.result)
+        write_result(self.ctx.run_dir, self.result)
 
 
 def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     """Train jobs that share data, model kind, loss, optimizer kind and device as one batch
-    (a single run is a batch of one); feed each its sinks; say how each ended."""
-    s = build(confs, ctxs[0].launch_dir)
-    jobs = [JobRun(c, ctx, s, alone=len(confs) == 1) for c, ctx in zip(confs, ctxs, strict=True)]
+    (a single run is a batch of one); feed each its sinks; say how each ended. A grid
+    sweep's job whose identical run FINISHED in the store is reused instead (runner/reuse.py)."""
+    points = load_arrays(confs[0].data, confs[0].seed, ctxs[0].launch_dir)  # (shared)
+    twins = finished_twins(confs, ctxs, points)
+    results = {i: _reused(confs[i], ctxs[i], twin) for i, twin in twins.items()}
+    fresh = [i for i in range(len(confs)) if i not in results]
+    if fresh:
+        trained = _train_batch([confs[i] for i in fresh], [ctxs[i] for i in fresh], points)
+        results |= dict(zip(fresh, trained, strict=True))
+    return [results[i] for i in range(len(confs))]
+
+
+def _reused(conf: Config, ctx: RunContext, twin: dict) -> Result:
+    """The Result of a job not run again: its identical run's, which FINISHED."""
+    metrics, params, tags = twin["metrics"], twin["params"], twin["tags"]
+    final = {k: v for k, v in metrics.items() if k.startswith("final_") and k != "final_loss"}
+    result = Result("FINISHED", int(tags.get("runner.epochs_run", conf.epochs)),
+                    metrics["final_loss"], final, lr=conf.lr, mlflow_run_id=twin["run_id"],
+                    reused=True)  # fmt: skip
+    result.stable_lr_max = float(params.get("stable_lr_max", math.nan))
+    result.condition_number = float(params.get("condition_number", math.nan))
+    result.optimum_loss = float(params.get("optimum.loss", math.nan))
+    for field_name in ("converged_at_epoch", "stalled_at_epoch"):
+        if field_name in tags:
+            setattr(result, field_name, int(tags[field_name]))
+    write_result(ctx.run_dir, result)
+    with _job_log(ctx.log_file):
+        log.info(f"runner: reused MLflow run {twin['run_id']}: it FINISHED with the same settings,"
+                 " data and runner version (sweep.rerun=true trains it again)")  # fmt: skip
+    return result
+
+
+def _train_batch(confs: list[Config], ctxs: list[RunContext], points: Points) -> list[Result]:
+    s = build(confs, ctxs[0].launch_dir, points)
+    jobs = [JobRun(c, ctx, s, len(confs) == 1, digest)
+            for c, ctx, digest in zip(confs, ctxs, s.digests, strict=True)]  # fmt: skip
     for job in jobs:
         _warn_if_unstable(job.conf, s.best)
     opened: list[JobRun] = []
@@ -337,6 +382,7 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
         tags = {"early_stopped": "true", "stalled_at_epoch": str(outcome.at_epoch)}
     result.status, result.final_loss = "FINISHED", final["final_loss"]
     result.final = {k: v for k, v in final.items() if k != "final_loss"}
+    tags["runner.epochs_run"] = str(result.epochs_run)  # (what a reuse of it reports)
     log_model = conf.mlflow.log_model
     if log_model is None:  # like plots: a single run's, not each job's of a sweep
         log_model = not job.ctx.in_sweep
@@ -345,7 +391,7 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
 
 
 def _mlflow_sink(
-    conf: Config, s: Setup, ctx: RunContext, lane: int, data: DataSpec | None
+    conf: Config, s: Setup, ctx: RunContext, lane: int, data: DataSpec | None, digest: str
 ) -> MlflowSink | None:
     """The run's MLflow sink, not yet opened; None when MLflow is off or skipped."""
     if not conf.mlflow.enabled:
@@ -356,6 +402,7 @@ def _mlflow_sink(
         return None
     tags = {"hydra.output_dir": str(ctx.run_dir), "hydra.overrides": " ".join(ctx.overrides)}
     tags["runner.main_pid"] = str(os.getpid())  # the trainer (runner.pid: the run's writer)
+    tags["runner.digest"] = digest  # a grid sweep run again reuses it (runner/reuse.py)
     tags |= record(s.x.device, ctx.command)  # code, versions, machine, command line
     if ctx.sweep_parent:
         tags["mlflow.parentRunId"] = ctx.sweep_parent  # the dashboard nests it under its sweep
@@ -467,7 +514,7 @@ def _job_log(path: Path | None) -> Iterator[None]:
         handler.close()
 
 
-def _write_result(run_dir: Path, result: Result) -> None:
+def write_result(run_dir: Path, result: Result) -> None:
     """result.json, valid JSON: a number that is not finite is written as null."""
     plain = {k: _json_number(v) for k, v in asdict(result).items()}
     plain["final"] = {k: _json_number(v) for k, v in result.final.items()}

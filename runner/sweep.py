@@ -75,7 +75,9 @@ class Sweep:
 
 
 def _show(summary: pd.DataFrame, path: Path) -> None:
-    shown = summary[["overrides", "status", "final_loss", *parameter_columns(summary.columns)]]
+    reused = ["reused"] if summary["reused"].any() else []
+    shown = summary[["overrides", "status", *reused, "final_loss",
+                     *parameter_columns(summary.columns)]]  # fmt: skip
     log.info(f"runner: sweep of {len(summary)} jobs, best first ({path}):")
     log.info(shown.head(5).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
 
@@ -94,6 +96,8 @@ def _best(summary: pd.DataFrame) -> dict[str, Any]:
     """Tags and metrics for the parent run: how many jobs ended how, and the best one."""
     counts = summary["status"].value_counts()
     tags = {f"jobs.{status.lower()}": str(n) for status, n in counts.items()}
+    if summary["reused"].any():
+        tags["jobs.reused"] = str(int(summary["reused"].sum()))
     metrics = {}
     best = summary.iloc[0] if len(summary) else None
     if best is not None and best["status"] == "FINISHED":

@@ -253,6 +253,25 @@ def _saved_model(model: ModelSpec, tmp: Path) -> str:
     return str(path)
 
 
+def finished_runs(uri: str, experiment: str, digests: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest FINISHED run of each digest (tag runner.digest) in the experiment: its id,
+    metrics, params and tags, as plain dicts."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs = {}
+    for digest in dict.fromkeys(digests):  # (MLflow's filter has no IN for tags: one each)
+        query = f"tags.`runner.digest` = '{digest}' and attributes.status = 'FINISHED'"
+        latest = client.search_runs([found.experiment_id], query, max_results=1,
+                                    order_by=["attributes.start_time DESC"])  # fmt: skip
+        for run in latest:
+            data = run.data
+            runs[digest] = {"run_id": run.info.run_id, "metrics": dict(data.metrics),
+                            "params": dict(data.params), "tags": dict(data.tags)}  # fmt: skip
+    return runs
+
+
 def end_children(uri: str, parent_id: str, status: str) -> int:
     """End the sweep's child runs that are still RUNNING (their process was killed)."""
     client = _client(uri)

@@ -97,6 +97,39 @@ def test_a_float_range_runs_exactly_the_values_typed(tmp_path: Path) -> None:
     assert sorted(k.info.run_name for k in kids) == [f"lr=0.0{i},epochs=5" for i in (1, 2, 3, 4)]
 
 
+@pytest.mark.slow
+def test_a_grid_sweep_run_again_reuses_what_finished_and_trains_the_rest(tmp_path: Path) -> None:
+    def sweep(name: str, *args: str) -> pd.DataFrame:
+        done = run_cli("-m", *args, "epochs=20", f"hydra.sweep.dir={name}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return pd.read_csv(tmp_path / name / "summary.csv").set_index("overrides")
+
+    first = sweep("first", "lr=0.01,0.02,1.5")  # 1.5 diverges: FAILED in MLflow
+    grown = sweep("grown", "lr=0.01,0.02,1.5,0.03")  # as if the first had been stopped
+    again = sweep("again", "lr=0.01,0.02,1.5,0.03")
+    rerun = sweep("rerun", "lr=0.01", "sweep.rerun=true")
+    key = {lr: f"lr={lr} epochs=20" for lr in ("0.01", "0.02", "0.03", "1.5")}
+    assert not first["reused"].any()
+    assert grown["reused"].to_dict() == {key["0.03"]: False, key["0.02"]: True,
+                                         key["0.01"]: True, key["1.5"]: False}  # fmt: skip
+    for lr in ("0.01", "0.02"):  # the first sweep's runs and numbers
+        for column in ("mlflow_run_id", "final_loss", "final_a", "final_b", "epochs_run"):
+            assert grown.loc[key[lr], column] == first.loc[key[lr], column], (lr, column)
+    assert grown.loc[key["1.5"], "status"] == "DIVERGED"  # not FINISHED: trained again
+    assert again["reused"].sum() == 3 and not again.loc[key["1.5"], "reused"]
+    assert again.loc[key["0.03"], "mlflow_run_id"] == grown.loc[key["0.03"], "mlflow_run_id"]
+    assert not rerun["reused"].any()
+    assert rerun["mlflow_run_id"].iloc[0] != first.loc[key["0.01"], "mlflow_run_id"]
+    client = store(tmp_path)
+    trained = {name: len(children(client, sweep_parent(client, (tmp_path / name).resolve())))
+               for name in ("first", "grown", "again", "rerun")}  # fmt: skip
+    assert trained == {"first": 3, "grown": 2, "again": 1, "rerun": 1}
+    parent = client.get_run(sweep_parent(client, (tmp_path / "again").resolve()))
+    assert parent.data.tags["jobs.reused"] == "3"
+    single = run_cli("lr=0.01", "epochs=20", "hydra.run.dir=single", cwd=tmp_path)
+    assert single.returncode == 0 and "reused" not in single.stdout  # a single run always runs
+
+
 def _assert_complete_sweep(client: MlflowClient, sweep_dir: Path, jobs: int, epochs: int) -> None:
     """Every job is a FINISHED child of the sweep's parent with its full metric history."""
     parent_id = sweep_parent(client, sweep_dir)

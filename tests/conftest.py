@@ -1,11 +1,31 @@
-"""Processes a test started are ended when it ends, passed, failed or timed out."""
+"""Processes a test started are ended when it ends, passed, failed or timed out; a fresh
+MLflow store for the tests that need one."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import STARTED, kill_tree
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # MLflow creates its tables
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path, _empty_store: Path) -> str:
+    """An empty SQLite store of MLflow's schema, tmp_path/mlflow.db: a copy of one made once
+    per session (MLflow takes about a second to create and migrate the tables)."""
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture(autouse=True)

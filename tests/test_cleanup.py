@@ -61,9 +61,9 @@ def _running(client: MlflowClient, experiment: str, name: str, tags: dict[str, s
 
 
 def test_cleanup_kills_only_runs_whose_process_is_gone(
-    tmp_path: Path, dead_pid: int, capsys: pytest.CaptureFixture[str]
+    sqlite_uri: str, dead_pid: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     client = MlflowClient(uri)
     here = process_tags()
     ids = {

@@ -4,6 +4,7 @@ epoch and the final values; a diverged run FAILED with tag diverged=true)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -49,9 +50,10 @@ def _log_run(client: MlflowClient, experiment: str, lr: str, start: int) -> None
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -> Path:
     """Five runs of experiment 'runner', one of which diverged."""
     home = tmp_path_factory.mktemp("store")
+    shutil.copy(_empty_store, home / "mlflow.db")  # (conftest.py: MLflow's tables, made once)
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     experiment = client.create_experiment("runner")
     start = int(time.time() * 1000)

@@ -12,7 +12,6 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -154,16 +153,15 @@ def test_dashboard_shows_the_sweep_in_a_browser(server: str, sweep: dict) -> Non
         assert (ARTIFACTS / shot).stat().st_size > 20_000  # a rendered page, not a blank one
 
 
-def _store(home: Path, *experiments: str) -> tuple[str, list[str]]:
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+def _store(uri: str, *experiments: str) -> tuple[str, list[str]]:
     client = MlflowClient(uri)
     return uri, [client.create_experiment(name) for name in experiments]
 
 
 def test_a_taken_port_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sqlite_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri, _ = _store(tmp_path)
+    uri, _ = _store(sqlite_uri)
     capsys.readouterr()  # MLflow's own lines on creating the store
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -177,9 +175,9 @@ def test_a_taken_port_is_one_line_and_exit_2(
 
 
 def test_the_printed_address_opens_the_experiments_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    sqlite_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri, (_, served) = _store(tmp_path, "other", "served")
+    uri, (_, served) = _store(sqlite_uri, "other", "served")
     capsys.readouterr()  # MLflow's own lines on creating the store
     started: list[list[str]] = []
     monkeypatch.setattr(dashboard.os, "execv", lambda path, argv: started.append(argv))

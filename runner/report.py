@@ -107,12 +107,25 @@ def sweep_plots(summary: pd.DataFrame, sweep_dir: Path, top: int = 10) -> list[P
     """final_loss_vs_lr.png (when lr was swept) and losses.png in the sweep directory."""
     paths = []
     if summary["lr"].nunique() > 1:
-        paths.append(save(draw_final_loss_vs_lr(summary), sweep_dir / "final_loss_vs_lr.png"))
+        figure = draw_final_loss_vs_lr(summary, _start_loss(summary, sweep_dir))
+        paths.append(save(figure, sweep_dir / "final_loss_vs_lr.png"))
     curves = job_curves(summary, sweep_dir, top)
     title = f"Loss per epoch, best {len(curves)} of {len(summary)} jobs"
     plot_loss_curves(curves, sweep_dir / "losses.png", title)
     paths.append(sweep_dir / "losses.png")
     return paths
+
+
+def _start_loss(summary: pd.DataFrame, sweep_dir: Path) -> float | None:
+    """The highest epoch-0 loss of the sweep's jobs (they may start from different points)."""
+    starts = []
+    for job in summary["job"]:
+        csv = sweep_dir / str(job) / "metrics.csv"
+        if csv.is_file():
+            first = pd.read_csv(csv, usecols=["loss"], nrows=1)["loss"]
+            starts += first.tolist()
+    finite = [v for v in starts if np.isfinite(v)]
+    return max(finite) if finite else None
 
 
 def job_curves(summary: pd.DataFrame, sweep_dir: Path, top: int) -> list[Curve]:
@@ -128,25 +141,48 @@ def job_curves(summary: pd.DataFrame, sweep_dir: Path, top: int) -> list[Curve]:
     return curves
 
 
-def draw_final_loss_vs_lr(summary: pd.DataFrame) -> Figure:
-    """Final loss against lr, log-log; diverged jobs as crosses at the top; the stability
-    limit 2/λmax as a vertical line."""
+def series_labels(overrides: pd.Series) -> pd.Series:
+    """Each job's values of the settings swept besides lr (`optimizer=sgd seed=1`), which
+    tell the series of a sweep apart; "" for every job when lr alone was swept."""
+    settings = [dict(o.split("=", 1) for o in text.split() if "=" in o) for text in overrides]
+    keys = dict.fromkeys(k for job in settings for k in job)
+    swept = [k for k in keys if k != "lr" and len({job.get(k) for job in settings}) > 1]
+    labels = [" ".join(f"{k}={job.get(k)}" for k in swept) for job in settings]
+    return pd.Series(labels, index=overrides.index, dtype=str)
+
+
+def draw_final_loss_vs_lr(summary: pd.DataFrame, start_loss: float | None = None) -> Figure:
+    """Final loss against lr, log-log, one series per combination of the other swept
+    settings; the stability limit 2/λmax as a vertical line where it applies (plain
+    gradient descent: summary's stable_lr_max). Jobs that diverged, or ended above the
+    loss they started from (`start_loss`; else the highest finished one), are crosses at
+    that height, so a run that reached 1e30 does not squash the others."""
     fig, ax = _figure()
     done = summary[summary["status"] == "FINISHED"]
-    ax.plot(done["lr"], done["final_loss"], "o", label="finished")
-    diverged = summary[summary["status"] == "DIVERGED"]
-    if len(diverged):  # their loss is inf, which a log axis cannot show
-        ceiling = done["final_loss"].max() if len(done) else 1.0
-        ax.plot(diverged["lr"], np.full(len(diverged), ceiling), "x", color="C3",
-                markersize=9, label="diverged (drawn at the top)")  # fmt: skip
-    limit = summary["stable_lr_max"].dropna()
-    if len(limit):
-        ax.axvline(limit.iloc[0], color="C3", linestyle="--",
-                   label=f"stability limit 2/λmax = {limit.iloc[0]:.4g}")  # fmt: skip
+    ceiling = start_loss if start_loss is not None else done["final_loss"].max()
+    ceiling = ceiling if np.isfinite(ceiling) else 1.0
+    labels = series_labels(summary["overrides"])
+    for i, (label, jobs) in enumerate(summary.groupby(labels, sort=False)):
+        color = f"C{i % 10}"
+        finished = jobs["status"] == "FINISHED"
+        ok = jobs[finished & (jobs["final_loss"] <= ceiling)].sort_values("lr")
+        ax.plot(ok["lr"], ok["final_loss"], "o-", color=color, markersize=4,
+                label=label or "finished")  # fmt: skip
+        diverged = jobs[(jobs["status"] == "DIVERGED") | (finished & ~jobs.index.isin(ok.index))]
+        if len(diverged):  # an inf loss, which a log axis cannot show, or one off the scale
+            shown = f"{label} diverged (drawn at the top)".lstrip()
+            ax.plot(diverged["lr"], np.full(len(diverged), ceiling), "x", color=color,
+                    markersize=9, label=shown)  # fmt: skip
+    limits = summary.dropna(subset=["stable_lr_max"])
+    for limit, jobs in limits.groupby("stable_lr_max"):
+        names = sorted(set(labels[jobs.index]) - {""})
+        which = f" ({', '.join(names)})" if names and len(names) < labels.nunique() else ""
+        ax.axvline(limit, color="C3", linestyle="--",
+                   label=f"stability limit 2/λmax = {limit:.4g}{which}")  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="lr (log scale)", ylabel="final loss (log scale)",
            title="Final loss against learning rate")  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -159,15 +195,21 @@ def plot_loss_curves(curves: list[Curve], path: Path, title: str) -> int:
 
 def draw_loss_curves(curves: list[Curve], title: str) -> Figure:
     """Per-epoch loss of several runs on a log axis, diverged ones dashed. The y-axis ends
-    a decade above the runs that did not diverge, so one run that blew up to 1e30 does not
-    flatten every other curve into the bottom edge."""
+    just above the highest starting loss, so one run that blew up to 1e30 does not flatten
+    every other curve into the bottom edge: a curve that leaves the picture is cut there
+    and marked with a cross."""
     fig, ax = _figure()
+    limits = _loss_limits(curves)
     for label, epochs, losses, status in curves:
         if len(losses):
             shown = label if status == "FINISHED" else f"{label} ({status.lower()})"
-            ax.plot(epochs, losses, "--" if status == "DIVERGED" else "-", label=shown)
+            (line,) = ax.plot(epochs, losses, "--" if status == "DIVERGED" else "-", label=shown)
+            above = np.flatnonzero(~(np.asarray(losses, float) <= limits[1])) if limits else []
+            if len(above):  # where it leaves the picture (inf and nan included)
+                ax.scatter(epochs[above[0]], limits[1], marker="x", color=line.get_color(), s=80,
+                           clip_on=False, zorder=3)  # fmt: skip
     ax.set(yscale="log", xlabel="epoch", ylabel="loss (MSE, log scale)", title=title)
-    if limits := _loss_limits(curves):
+    if limits:
         ax.set_ylim(*limits)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_lines():
@@ -181,11 +223,12 @@ def _loss_limits(curves: list[Curve]) -> tuple[float, float] | None:
         every = np.concatenate(values)
         return every[np.isfinite(every) & (every > 0)]
 
-    shown, steady = positive(lambda s: True), positive(lambda s: s != "DIVERGED")
+    shown = positive(lambda s: True)
     if not len(shown):
         return None
-    top = steady.max() * 10 if len(steady) else shown.max() * 2
-    return shown.min() / 2, top
+    starts = [float(c[2][0]) for c in curves if len(c[2]) and np.isfinite(c[2][0])]
+    top = max(starts) * 2 if starts else shown.max() * 2  # (a loss at most doubles in view)
+    return min(shown.min(), top / 4) / 2, top
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -144,7 +144,9 @@ class Result:
     final_loss: float  # inf unless FINISHED, so a sweeper ranks it last
     final: dict[str, float] = field(default_factory=dict)  # final_a, final_b, ...
     lr: float = math.nan
-    stable_lr_max: float = math.nan  # 2 / largest eigenvalue of the loss's Hessian
+    # 2 / largest eigenvalue of the loss's Hessian: the limit of plain gradient descent (NaN
+    # for momentum and Adam, whose limits are other numbers)
+    stable_lr_max: float = math.nan
     condition_number: float = math.nan  # its largest / smallest eigenvalue
     optimum_loss: float = math.nan
     mlflow_run_id: str | None = None
@@ -176,7 +178,8 @@ class JobRun:
         self.alone = alone  # a batch of one: the console and the progress bar are its own
         self.digest = digest
         best = s.best
-        self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=best.stable_lr_max,
+        limit = best.stable_lr_max if plain_gradient_descent(conf) else math.nan
+        self.result = Result("FAILED", 0, math.inf, lr=conf.lr, stable_lr_max=limit,
                              condition_number=best.condition, optimum_loss=best.loss)  # fmt: skip
         self.ending = Ending("FAILED")
 
@@ -292,7 +295,8 @@ def _reused(conf: Config, ctx: RunContext, twin: dict) -> Result:
     result = Result("FINISHED", int(tags.get("runner.epochs_run", conf.epochs)),
                     metrics["final_loss"], final, lr=conf.lr, mlflow_run_id=twin["run_id"],
                     reused=True)  # fmt: skip
-    result.stable_lr_max = float(params.get("stable_lr_max", math.nan))
+    if plain_gradient_descent(conf):
+        result.stable_lr_max = float(params.get("stable_lr_max", math.nan))
     result.condition_number = float(params.get("condition_number", math.nan))
     result.optimum_loss = float(params.get("optimum.loss", math.nan))
     for field_name in ("converged_at_epoch", "stalled_at_epoch"):
@@ -484,9 +488,14 @@ def _plots(csv_path: Path, s: Setup, final: dict[str, float] | None) -> list[Pat
         return []
 
 
+def plain_gradient_descent(conf: Config) -> bool:
+    """Whether lr < 2/λmax decides stability: steps along the gradient alone (no momentum,
+    not Adam); with mini-batches it is the full-batch limit."""
+    return conf.optimizer.name != "adam" and not conf.optimizer.momentum
+
+
 def _warn_if_unstable(conf: Config, best: Optimum) -> None:
-    plain = conf.optimizer.name != "adam" and not conf.optimizer.momentum
-    if plain and conf.lr >= best.stable_lr_max:
+    if plain_gradient_descent(conf) and conf.lr >= best.stable_lr_max:
         if conf.batch_size is None:
             expect = "expect it to diverge"
         else:  # a mini-batch's Hessian is not the whole data's: say only what is known

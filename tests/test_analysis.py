@@ -120,6 +120,16 @@ def test_unstable_lr_is_warned_before_training(
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+def test_the_stability_limit_is_reported_for_plain_gradient_descent_only(tmp_path: Path) -> None:
+    for optimizer, plain in (("sgd", True), ("momentum", False), ("adam", False)):
+        (tmp_path / optimizer).mkdir()
+        conf = make_config(f"optimizer={optimizer}", "epochs=3", "mlflow.enabled=false",
+                           "plots=false")  # fmt: skip
+        result = run(conf, RunContext(launch_dir=tmp_path, run_dir=tmp_path / optimizer))
+        assert (result.stable_lr_max == pytest.approx(0.18029485)) == plain, optimizer
+        assert np.isnan(result.stable_lr_max) != plain  # momentum's and Adam's limits differ
+
+
 def test_plots_are_written_and_not_empty(tmp_path: Path) -> None:
     for overrides, name in [(("experiment=seed_002",), "ab"), (("experiment=seed_000",), "theta")]:
         hist, s = train_history(*overrides)

@@ -18,6 +18,7 @@ from runner.report import (
     draw_loss_curves,
     plot_loss_curves,
     rank,
+    series_labels,
     summarize,
     sweep_plots,
 )
@@ -120,8 +121,10 @@ def test_loss_curves_are_drawn_with_diverged_ones_dashed_and_clipped() -> None:
     assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch"
     assert ax.get_ylabel() == "loss (MSE, log scale)" and ax.get_title() == "Loss per epoch"
     low, high = ax.get_ylim()
-    assert high == pytest.approx(20.0)  # a decade above the runs that did not diverge
+    assert high == pytest.approx(4.0)  # twice the highest starting loss
     assert low == pytest.approx(2.0 * 0.5**19 / 2)
+    (cut,) = ax.collections  # the diverged curve leaves the picture at epoch 1: a cross
+    assert cut.get_offsets().tolist() == [[1.0, 4.0]]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["lr=0.1", "lr=0.01", "lr=9 (diverged)"]
 
@@ -151,6 +154,35 @@ def test_final_loss_against_lr_marks_diverged_jobs_and_the_limit() -> None:
     assert finished.get_xdata().tolist() == [0.01, 0.1]
     assert diverged.get_ydata().tolist() == [0.006]  # at the top of the finished ones
     assert limit.get_xdata()[0] == 0.18
+
+
+def test_final_loss_against_lr_draws_a_series_per_setting_and_the_limit_where_it_applies() -> None:
+    summary = pd.DataFrame({
+        "overrides": [f"lr={lr} optimizer={o}" for o in ("sgd", "momentum", "adam")
+                      for lr in (0.01, 0.1, 0.5)],
+        "status": ["FINISHED", "FINISHED", "DIVERGED"] * 2 + ["FINISHED"] * 3,
+        "lr": [0.01, 0.1, 0.5] * 3,
+        "stable_lr_max": [0.18] * 3 + [np.nan] * 6,  # plain gradient descent's alone
+        "final_loss": [0.006, 0.0004, np.inf, 0.003, 0.0002, np.inf, 0.5, 0.05, 0.01],
+    })  # fmt: skip
+    (ax,) = draw_final_loss_vs_lr(summary).axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [
+        "optimizer=sgd", "optimizer=sgd diverged (drawn at the top)", "optimizer=momentum",
+        "optimizer=momentum diverged (drawn at the top)", "optimizer=adam",
+        "stability limit 2/λmax = 0.18 (optimizer=sgd)"]  # fmt: skip
+    adam = ax.get_lines()[4]
+    assert adam.get_xdata().tolist() == [0.01, 0.1, 0.5]
+    assert adam.get_ydata().tolist() == [0.5, 0.05, 0.01]
+    assert ax.get_lines()[1].get_ydata().tolist() == [0.5]  # the top of every finished job
+    assert series_labels(summary["overrides"]).tolist()[:2] == ["optimizer=sgd"] * 2
+    # A job that finished far above where the runs started is a cross at the starting loss.
+    blown = summary.assign(final_loss=summary["final_loss"].replace(0.0002, 1e30))
+    (ax,) = draw_final_loss_vs_lr(blown, start_loss=2.0).axes
+    momentum, crosses = ax.get_lines()[2:4]
+    assert momentum.get_xdata().tolist() == [0.01]
+    assert crosses.get_xdata().tolist() == [0.1, 0.5] and crosses.get_ydata().tolist() == [2, 2]
+    assert series_labels(pd.Series(["lr=0.1", "lr=0.2"])).tolist() == ["", ""]
 
 
 def test_sweep_plots_write_both_pictures(tmp_path: Path) -> None:

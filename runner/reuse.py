@@ -15,23 +15,20 @@ from typing import Any
 
 from runner import tracking
 from runner.config import Config
-from runner.data import Points
 from runner.mlflow_sink import timeout
-from runner.provenance import run_digest
 from runner.store import default_tracking_uri
 
 log = logging.getLogger("runner")
 
 
 def finished_twins(
-    confs: list[Config], contexts: list[Any], points: Points
+    confs: list[Config], contexts: list[Any], digests: list[str]
 ) -> dict[int, dict[str, Any]]:
-    """For each job that may be reused and whose identical run FINISHED: that run (its id,
-    metrics, params and tags), by the job's index. The jobs share their data, `points`."""
+    """For each job that may be reused and whose identical run (the same digest) FINISHED:
+    that run (its id, metrics, params and tags), by the job's index."""
     conf, ctx = confs[0], contexts[0]
     if not ctx.reuse or conf.sweep.rerun or not conf.mlflow.enabled:
         return {}
-    digests = [run_digest(c, *points) for c in confs]
     uri = conf.mlflow.tracking_uri or default_tracking_uri(ctx.launch_dir)
     try:
         found = tracking.tracker().call(tracking.finished_runs, uri, conf.mlflow.experiment,

@@ -80,7 +80,6 @@ class Setup:
     batches: MiniBatches | None  # batch_size: each epoch's steps; None: one step on all
     points: tuple[np.ndarray, np.ndarray]  # the training data on the host, for the analysis
     best: Optimum  # the exact least-squares solution of this data
-    digests: list[str]  # member j's run_digest: what determines its numbers
 
 
 def build(
@@ -97,7 +96,6 @@ def build(
         torch.use_deterministic_algorithms(True)
     if points is None:
         points = load_arrays(conf.data, conf.seed, launch_dir or Path.cwd())
-    digests = [run_digest(c, *points) for c in confs]
     seed = conf.data.seed if conf.data.seed is not None else conf.seed
     points, held_out = split(*points, conf.data.val_fraction, seed)
     x, y = to_tensors(*points, device)
@@ -111,7 +109,7 @@ def build(
     ]
     best = optimum(*points, conf.model.bias)
     batches = _minibatches(confs, len(points[1]), device)
-    return Setup(model, loss_fn, optimizers, schedules, x, y, val, batches, points, best, digests)
+    return Setup(model, loss_fn, optimizers, schedules, x, y, val, batches, points, best)
 
 
 def _minibatches(confs: list[Config], n: int, device: torch.device) -> MiniBatches | None:
@@ -279,11 +277,13 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     (a single run is a batch of one); feed each its sinks; say how each ended. A grid
     sweep's job whose identical run FINISHED in the store is reused instead (runner/reuse.py)."""
     points = load_arrays(confs[0].data, confs[0].seed, ctxs[0].launch_dir)  # (shared)
-    twins = finished_twins(confs, ctxs, points)
+    digests = [run_digest(c, *points) for c in confs]  # what determines each job's numbers
+    twins = finished_twins(confs, ctxs, digests)
     results = {i: _reused(confs[i], ctxs[i], twin) for i, twin in twins.items()}
     fresh = [i for i in range(len(confs)) if i not in results]
     if fresh:
-        trained = _train_batch([confs[i] for i in fresh], [ctxs[i] for i in fresh], points)
+        trained = _train_batch([confs[i] for i in fresh], [ctxs[i] for i in fresh], points,
+                               [digests[i] for i in fresh])  # fmt: skip
         results |= dict(zip(fresh, trained, strict=True))
     return [results[i] for i in range(len(confs))]
 
@@ -309,10 +309,12 @@ def _reused(conf: Config, ctx: RunContext, twin: dict) -> Result:
     return result
 
 
-def _train_batch(confs: list[Config], ctxs: list[RunContext], points: Points) -> list[Result]:
+def _train_batch(
+    confs: list[Config], ctxs: list[RunContext], points: Points, digests: list[str]
+) -> list[Result]:
     s = build(confs, ctxs[0].launch_dir, points)
     jobs = [JobRun(c, ctx, s, len(confs) == 1, digest)
-            for c, ctx, digest in zip(confs, ctxs, s.digests, strict=True)]  # fmt: skip
+            for c, ctx, digest in zip(confs, ctxs, digests, strict=True)]  # fmt: skip
     for job in jobs:
         _warn_if_unstable(job.conf, s.best)
     opened: list[JobRun] = []

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from runner.config import Config, DataKind, plain
-from runner.data import load_arrays
+from runner.data import GRAIN_SIZE, load_arrays
 from runner.run import Result, RunContext, run_batch
 
 # The settings in which the members of one batch may differ.
@@ -29,7 +29,7 @@ MEMBER_SETTINGS = {
 # Up to torch's grain size (32,768 elements), a reduction over one member's points runs on
 # one thread in one order, whatever the batch: each member's sums are bit for bit those of
 # a run alone. Beyond it, a run alone splits its sums across threads; so do not batch.
-POINTS_MAX = 32_768
+POINTS_MAX = GRAIN_SIZE
 
 
 def run_jobs(confs: list[Config], ctxs: list[RunContext]) -> Iterator[list[tuple[int, Result]]]:

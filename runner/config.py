@@ -254,6 +254,7 @@ class DataConfig:
         default=None, metadata=check(_points, f"a non-empty list, each {FINITE32}")
     )
     # every two features correlate this much: x_i = sqrt(1 - c) u_i + sqrt(c) u_0, u ~ U(-1, 1)
+    # (so a feature spans up to +-(sqrt(1 - c) + sqrt(c)), at most +-1.41)
     correlation: Optional[float] = field(  # noqa: UP045
         default=None,
         metadata=check(lambda v: v is None or (math.isfinite(v) and 0 <= v < 1), "in [0, 1)"),
@@ -452,6 +453,10 @@ class Config:
         if self.stop.patience is not None and not self.data.val_fraction:
             allowed = "null unless data.val_fraction > 0 (it watches val_loss)"
             raise ConfigError("stop.patience", self.stop.patience, allowed)
+        features = 1 if self.data.kind == DataKind.inline else self.data.features
+        if self.model.w is not None and features is not None and len(self.model.w) != features:
+            allowed = f"null or a list of {features} numbers (one per feature of the data)"
+            raise ConfigError("model.w", self.model.w, allowed)  # (a CSV's: once it is read)
 
 
 ConfigStore.instance().store(name="schema", node=Config)

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = "columns x and y, or x1..xk and y"
 Points = tuple[np.ndarray, np.ndarray]  # x [features, points], y [points]
+# torch's grain size: up to this many points a reduction runs on one thread in one order;
+# beyond, its sums are split across the threads (runner/batch.py, runner/provenance.py).
+GRAIN_SIZE = 32_768
 
 
 def feature_names(k: int) -> list[str]:

@@ -237,6 +237,7 @@ class _Epochs:
         self.names = self.model.names()
         # The feature rows as a tuple: indexing a tensor costs microseconds every epoch.
         self.features = tuple(self.x)
+        self.val_features = tuple(self.val[0]) if self.val is not None else ()
         self.ones = torch.ones(len(self.members), 1, dtype=self.x.dtype, device=self.x.device)
 
     def run(self, slot: torch.Tensor) -> None:
@@ -303,7 +304,7 @@ class _Epochs:
         if self.val is None:
             return []
         with torch.no_grad():
-            return [self.loss_fn(self.model(self.val[0]), self.val[1])]
+            return [self.loss_fn(self.model(self.val_features), self.val[1])]
 
     def _grads(self) -> list[torch.Tensor]:
         return [joined([p.grad for p in self.model.by_name[n]]) for n in self.names]

@@ -14,23 +14,49 @@ import numpy as np
 import torch
 
 from runner.config import Config, plain
+from runner.data import GRAIN_SIZE
 
 PACKAGES = ("torch", "hydra-core", "mlflow", "pandas", "numpy")
 # Settings that decide how a run is shown and where it is logged, not its numbers.
 NOT_THE_NUMBERS = ("mlflow", "plots", "progress", "print_every", "chunk", "sweep")
 
 
-def run_digest(conf: Config, x: np.ndarray, y: np.ndarray) -> str:
+def data_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """The data by content (hashed in place, without a copy), once per batch; beyond
+    torch's grain size with the thread count, which then splits every sum."""
+    digest = hashlib.sha256(np.ascontiguousarray(x))
+    digest.update(np.ascontiguousarray(y))
+    if len(y) > GRAIN_SIZE:
+        digest.update(f"threads={torch.get_num_threads()}".encode())
+    return digest.hexdigest()
+
+
+def run_digest(conf: Config, data: str, device: torch.device) -> str:
     """What determines a run's numbers, as one digest: its settings (without where it is
-    logged or how it is shown; the data by content, not by path), the data's bytes and the
-    runner's version. Two runs with the same digest compute the same numbers."""
+    logged or how it is shown; the data by content, `data_digest`, not by path), the device
+    it runs on, and the code: the runner's source (its git commit, and its uncommitted
+    changes), torch's and numpy's versions."""
     settings = {k: v for k, v in plain(conf).items() if k not in NOT_THE_NUMBERS}
     settings["data"].pop("path")
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(x).tobytes())
-    digest.update(np.ascontiguousarray(y).tobytes())
-    digest.update(_version("runner").encode())
-    return digest.hexdigest()[:32]
+    settings["device"] = device_name(device)
+    what = [json.dumps(settings, sort_keys=True), data, source_version()]
+    what += [_version("torch"), _version("numpy")]
+    return hashlib.sha256("\n".join(what).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def source_version() -> str:
+    """The runner's code: its version, its git commit and a digest of its uncommitted
+    changes where it is a git checkout."""
+    state = git_state()
+    if state is None:
+        return _version("runner")
+    commit, dirty = state
+    if not dirty:
+        return f"{_version('runner')} {commit}"
+    here = Path(__file__).parent
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=here, capture_output=True, timeout=5)
+    return f"{_version('runner')} {commit} {hashlib.sha256(diff.stdout).hexdigest()}"
 
 
 @functools.cache  # once per process: a sweep's jobs share it

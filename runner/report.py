@@ -122,8 +122,10 @@ def _start_loss(summary: pd.DataFrame, sweep_dir: Path) -> float | None:
     for job in summary["job"]:
         csv = sweep_dir / str(job) / "metrics.csv"
         if csv.is_file():
-            first = pd.read_csv(csv, usecols=["loss"], nrows=1)["loss"]
-            starts += first.tolist()
+            with csv.open() as lines:  # the header and epoch 0 (loss is the second column)
+                first = lines.readline(), lines.readline()
+            if first[0].startswith("epoch,loss,") and first[1]:
+                starts.append(float(first[1].split(",")[1] or "nan"))
     finite = [v for v in starts if np.isfinite(v)]
     return max(finite) if finite else None
 
@@ -170,7 +172,7 @@ def draw_final_loss_vs_lr(summary: pd.DataFrame, start_loss: float | None = None
                 label=label or "finished")  # fmt: skip
         diverged = jobs[(jobs["status"] == "DIVERGED") | (finished & ~jobs.index.isin(ok.index))]
         if len(diverged):  # an inf loss, which a log axis cannot show, or one off the scale
-            shown = f"{label} diverged (drawn at the top)".lstrip()
+            shown = f"{label} diverged or ended above the start (drawn there)".lstrip()
             ax.plot(diverged["lr"], np.full(len(diverged), ceiling), "x", color=color,
                     markersize=9, label=shown)  # fmt: skip
     limits = summary.dropna(subset=["stable_lr_max"])

@@ -30,9 +30,10 @@ def finished_twins(
     if not ctx.reuse or conf.sweep.rerun or not conf.mlflow.enabled:
         return {}
     uri = conf.mlflow.tracking_uri or default_tracking_uri(ctx.launch_dir)
+    wait = timeout(uri) * max(1.0, len(digests) / 20)  # one query a job: about 4 ms locally
     try:
         found = tracking.tracker().call(tracking.finished_runs, uri, conf.mlflow.experiment,
-                                        digests, timeout=timeout(uri))  # fmt: skip
+                                        digests, timeout=wait)  # fmt: skip
     except tracking.TrackingError as err:
         log.warning(f"runner: warning: finished runs not looked up ({err}); every job trains")
         return {}

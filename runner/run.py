@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from runner.minibatch import MiniBatches
 from runner.mlflow_sink import MlflowSink, StoreUnavailable
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
-from runner.provenance import record, run_digest
+from runner.provenance import data_digest, record, run_digest
 from runner.reuse import finished_twins
 from runner.schedules import Schedule, build_schedule
 from runner.signals import STOPPER
@@ -46,9 +47,9 @@ log = logging.getLogger("runner")
 # From this many jobs, a batch's MLflow runs are stored by two tracking processes: the
 # second one's start (importing MLflow, about 2.5 s of CPU) pays off.
 TWO_LANES = 16
-# Data logged as the run's MLflow input up to this many points: MLflow's pandas dataset
-# looks at every cell for its digest, about 2.3 s a million points in the tracking process.
-DATASET_POINTS_MAX = 100_000
+# Data logged as the run's MLflow input up to this many cells (points x columns): MLflow's
+# pandas dataset looks at every cell for its digest, about 1.2 s a million cells.
+DATASET_CELLS_MAX = 200_000
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,8 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     (a single run is a batch of one); feed each its sinks; say how each ended. A grid
     sweep's job whose identical run FINISHED in the store is reused instead (runner/reuse.py)."""
     points = load_arrays(confs[0].data, confs[0].seed, ctxs[0].launch_dir)  # (shared)
-    digests = [run_digest(c, *points) for c in confs]  # what determines each job's numbers
+    data, device = data_digest(*points), resolve_device(confs[0].device)
+    digests = [run_digest(c, data, device) for c in confs]  # what decides each job's numbers
     twins = finished_twins(confs, ctxs, digests)
     results = {i: _reused(confs[i], ctxs[i], twin) for i, twin in twins.items()}
     fresh = [i for i in range(len(confs)) if i not in results]
@@ -303,6 +305,9 @@ def _reused(conf: Config, ctx: RunContext, twin: dict) -> Result:
         if field_name in tags:
             setattr(result, field_name, int(tags[field_name]))
     write_result(ctx.run_dir, result)
+    history = Path(tags.get("hydra.output_dir", "")) / "metrics.csv"
+    if history.is_file():  # (a store on this machine): the sweep's loss curves draw it too
+        shutil.copyfile(history, ctx.run_dir / "metrics.csv")
     with _job_log(ctx.log_file):
         log.info(f"runner: reused MLflow run {twin['run_id']}: it FINISHED with the same settings,"
                  " data and runner version (sweep.rerun=true trains it again)")  # fmt: skip
@@ -426,7 +431,7 @@ def _mlflow_sink(
 def _data_spec(conf: Config, s: Setup, launch_dir: Path) -> DataSpec | None:
     """The training data as MLflow's run input: named and sourced from the config."""
     x, y = s.points
-    if not conf.mlflow.enabled or len(y) > DATASET_POINTS_MAX:
+    if not conf.mlflow.enabled or len(y) * (len(x) + 1) > DATASET_CELLS_MAX:
         return None
     data = conf.data
     if data.kind == DataKind.csv:

@@ -188,10 +188,12 @@ def log_dataset(uri: str, run_id: str, data: DataSpec) -> None:
     inputs = [DatasetInput(_datasets[data.key], [InputTag("mlflow.data.context", "training")])]
     try:
         _client(uri).log_inputs(run_id, datasets=inputs)
-    except MlflowException:
+    except MlflowException as err:
         # The jobs of a parallel sweep log the same new dataset at once: MLflow looks it up,
         # then inserts it, and the later insert breaks the unique key (sqlite3.IntegrityError,
         # seen with the joblib launcher). Nothing was stored; the second try finds the row.
+        if not any(word in str(err) for word in ("IntegrityError", "UNIQUE", "Duplicate")):
+            raise
         _client(uri).log_inputs(run_id, datasets=inputs)
 
 

@@ -130,6 +130,8 @@ BAD = [
     ("data.features=2", "data.features", "a setting of data=synthetic"),
     ("model.init=random model.w=[1,2]", "model.w", "null with model.init=random"),
     ("model.w=[1,nan]", "model.w", "null or a non-empty list of finite numbers"),
+    ("data=synthetic data.features=3 model.w=[1,2]", "model.w", "a list of 3 numbers"),
+    ("model.w=[1,2]", "model.w", "a list of 1 numbers"),
     ("mlflow.log_model=maybe", "mlflow.log_model", "true or false"),
     ("lr=0.1,0.2", "lr", "add -m"),
     ("lr=[1,2", "override", "grammar"),

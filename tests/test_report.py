@@ -136,6 +136,9 @@ def test_plot_loss_curves_writes_a_png_and_counts_lines(tmp_path: Path) -> None:
     assert (tmp_path / "none.png").is_file()
 
 
+CROSSES = "diverged or ended above the start (drawn there)"
+
+
 def _summary() -> pd.DataFrame:
     return pd.DataFrame({
         "job": [0, 1, 2], "overrides": ["lr=0.01", "lr=0.1", "lr=0.5"],
@@ -149,7 +152,11 @@ def test_final_loss_against_lr_marks_diverged_jobs_and_the_limit() -> None:
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert ax.get_xlabel() == "lr (log scale)" and ax.get_ylabel() == "final loss (log scale)"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["finished", "diverged (drawn at the top)", "stability limit 2/λmax = 0.18"]
+    assert labels == [
+        "finished",
+        "diverged or ended above the start (drawn there)",
+        "stability limit 2/λmax = 0.18",
+    ]
     finished, diverged, limit = ax.get_lines()
     assert finished.get_xdata().tolist() == [0.01, 0.1]
     assert diverged.get_ydata().tolist() == [0.006]  # at the top of the finished ones
@@ -168,8 +175,8 @@ def test_final_loss_against_lr_draws_a_series_per_setting_and_the_limit_where_it
     (ax,) = draw_final_loss_vs_lr(summary).axes
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == [
-        "optimizer=sgd", "optimizer=sgd diverged (drawn at the top)", "optimizer=momentum",
-        "optimizer=momentum diverged (drawn at the top)", "optimizer=adam",
+        "optimizer=sgd", f"optimizer=sgd {CROSSES}", "optimizer=momentum",
+        f"optimizer=momentum {CROSSES}", "optimizer=adam",
         "stability limit 2/λmax = 0.18 (optimizer=sgd)"]  # fmt: skip
     adam = ax.get_lines()[4]
     assert adam.get_xdata().tolist() == [0.01, 0.1, 0.5]

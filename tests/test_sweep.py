@@ -118,6 +118,9 @@ def test_a_grid_sweep_run_again_reuses_what_finished_and_trains_the_rest(tmp_pat
     assert grown.loc[key["1.5"], "status"] == "DIVERGED"  # not FINISHED: trained again
     assert again["reused"].sum() == 3 and not again.loc[key["1.5"], "reused"]
     assert again.loc[key["0.03"], "mlflow_run_id"] == grown.loc[key["0.03"], "mlflow_run_id"]
+    csvs = [tmp_path / name / str(table.loc[key["0.03"], "job"]) / "metrics.csv"
+            for name, table in (("grown", grown), ("again", again))]  # fmt: skip
+    assert csvs[1].read_bytes() == csvs[0].read_bytes()  # the loss curves draw it too
     assert not rerun["reused"].any()
     assert rerun["mlflow_run_id"].iloc[0] != first.loc[key["0.01"], "mlflow_run_id"]
     client = store(tmp_path)

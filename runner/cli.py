@@ -60,7 +60,7 @@ def main() -> None:
         "ignore", r"\s*'hydra/launcher/ray' is validated against ConfigStore schema"
     )
     argv = sys.argv[1:]
-    if argv in (["--help"], ["-h"]):
+    if "--help" in argv or "-h" in argv:  # (also after settings: `lr=0.1 --help`)
         print_help()  # ours, fast; Hydra's own is `--hydra-help`
         return
     try:

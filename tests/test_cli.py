@@ -78,3 +78,14 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path, args: list[str]
     err = process.stderr.read()
     assert process.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "Logging error" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["lr=0.1", "--help"], ["-m", "-h"]])
+def test_help_wherever_it_is_asked_for(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner import cli
+
+    monkeypatch.setattr(sys, "argv", ["runner", *argv])
+    cli.main()  # returns: no run, no SystemExit
+    assert capsys.readouterr().out.startswith("usage: python -m runner [-m] [key=value ...]")

@@ -37,6 +37,7 @@ from runner.signals import Stop, install
 
 if TYPE_CHECKING:
     from runner.run import Result, RunContext
+    from runner.search import Pruned
 
 
 class Refused(BaseException):
@@ -104,14 +105,17 @@ def _hydra(plan: gate.Plan, copied: list[str]) -> None:
 
 def _sweep(plan: gate.Plan) -> None:
     from runner.mlflow_sink import StoreUnavailable
+    from runner.search import STUDY_VARIABLE
     from runner.sweep import PARENT_VARIABLE, Sweep
 
     assert plan.conf is not None and plan.out_dir is not None
-    sweep = Sweep(plan.conf, plan.out_dir, plan.overrides, os.environ[COMMAND])
+    sweep = Sweep(plan.conf, plan.out_dir, plan.overrides, os.environ[COMMAND], plan.study)
+    # A search's study, as the gate found it: the sweeper opens it, the trials report to it.
+    os.environ[STUDY_VARIABLE] = plan.study.to_env() if plan.study is not None else ""
     try:
         with sweep:
             parent = [PARENT_VARIABLE] if sweep.parent is not None else []
-            _hydra(plan, copied=[MAIN_PID, COMMAND, *parent])
+            _hydra(plan, copied=[MAIN_PID, COMMAND, STUDY_VARIABLE, *parent])
     except StoreUnavailable as err:
         if sweep.parent is not None and sweep.parent.run_id is None:  # before any job
             _discard(plan)
@@ -130,7 +134,7 @@ def _fail(err: object, code: int) -> None:
     raise SystemExit(code)
 
 
-def job(cfg: DictConfig) -> float:
+def job(cfg: DictConfig) -> float | Pruned:
     """One job: its settings (checked by the gate already), its context, its run."""
     _http_defaults()  # again: a Ray or Slurm job runs in a process that never ran main()
     from runner.run import run  # torch is imported only now
@@ -143,7 +147,7 @@ def job(cfg: DictConfig) -> float:
     return _returned(result, hydra_cfg.mode == RunMode.MULTIRUN)
 
 
-def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
+def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | Pruned]:
     """The jobs of a sweep, (config, Hydra's config of it) each, handed over at once by the
     batched launcher (hydra_plugins/runner_batched), trained together where they can be
     (runner/batch.py)."""
@@ -151,7 +155,7 @@ def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
 
     confs = [OmegaConf.to_object(cfg) for cfg, _ in jobs]
     ctxs = [_context(hydra_cfg, log_file=True) for _, hydra_cfg in jobs]
-    returned: list[float] = [math.inf] * len(jobs)
+    returned: list[float | Pruned] = [math.inf] * len(jobs)
     with _refusing(confs[0]):
         for group in run_jobs(confs, ctxs):  # type: ignore[arg-type]
             for i, result in group:
@@ -167,9 +171,11 @@ _hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", versio
 def _context(hydra_cfg: DictConfig, log_file: bool = False) -> RunContext:
     """Where a job runs, from Hydra's config of it."""
     from runner.run import RunContext
+    from runner.search import Study
     from runner.sweep import PARENT_VARIABLE
 
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    study = Study.from_env() if multirun else None  # set by a search's sweeper
     run_dir = Path(hydra_cfg.runtime.output_dir)
     return RunContext(
         launch_dir=Path(hydra_cfg.runtime.cwd),
@@ -182,6 +188,8 @@ def _context(hydra_cfg: DictConfig, log_file: bool = False) -> RunContext:
         # A grid's job may be reused; a search's trial trains (its sampler asked for it).
         reuse=multirun and str(hydra_cfg.sweeper.get("_target_", "")).endswith("GridSweeper"),
         log_file=run_dir / f"{hydra_cfg.job.name}.log" if log_file else None,
+        study=study,
+        trial=int(hydra_cfg.job.num) if study is not None else None,  # (job number = trial's)
     )
 
 
@@ -200,10 +208,14 @@ def _refusing(conf: Config) -> Iterator[None]:
         ) from None
 
 
-def _returned(result: Result, multirun: bool) -> float:
-    """What Hydra gets back from a job: its final loss, or a stop."""
+def _returned(result: Result, multirun: bool) -> float | Pruned:
+    """What Hydra gets back from a job: its final loss, a pruned trial's Pruned, or a stop."""
+    from runner.search import Pruned
+
     if result.status == "KILLED":
         raise Stop(result.signal or 2)  # the sweep stops with its job
+    if result.status == "PRUNED":
+        return Pruned(result.pruned_at_epoch or 0, result.pruned_by or "pruner")
     if result.status != "FINISHED" and not multirun:
         raise SystemExit(1)  # diverged, failed its gradient check, or lost its store
     # A sweep goes on past a failed job: inf ranks it last, and Optuna records a bad trial.

@@ -78,17 +78,22 @@ def fetch_runs(client: Any, experiment_ids: list[str], filter_string: str = "") 
     return get_results_from_paginated_fn(page, PAGE)
 
 
+def _status(run: Any) -> str:
+    return "PRUNED" if run.data.tags.get("pruned") == "true" else run.info.status
+
+
 def runs_frame(runs: list[Any]) -> pd.DataFrame:
     """One row per run, best first (report.rank): id, name, status, divergence, final and
-    best metrics, typed params. A run tagged diverged=true has status DIVERGED, as in a
-    sweep's summary.csv (MLflow itself records it as FAILED)."""
+    best metrics, typed params. A run tagged diverged=true has status DIVERGED, and one
+    tagged pruned=true PRUNED, as in a sweep's summary.csv (MLflow itself records them as
+    FAILED and KILLED)."""
     rows = []
     for r in runs:
         diverged = r.data.tags.get("diverged") == "true"
         row: dict[str, Any] = {
             "run_id": r.info.run_id,
             "run_name": r.info.run_name,
-            "status": "DIVERGED" if diverged else r.info.status,
+            "status": "DIVERGED" if diverged else _status(r),
             "diverged": diverged,
         }
         row |= {k: v for k, v in r.data.metrics.items() if k.startswith(("final_", "best_"))}

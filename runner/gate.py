@@ -33,16 +33,17 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 
 from runner.config import CONF_DIR, Config, ConfigError, tracking_uri_problem, validate
 from runner.ranges import float_range
+from runner.search import Study
 from runner.store import default_tracking_uri
 
 MAX_ARGUMENT = 10_000  # Hydra's override parser takes minutes on a 100 KB value
 
 # Keys under which a config names code to call: never from a command line.
 CODE_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
-# Where `_target_` may point in the composed config: Hydra's own plugins, the installed
-# plugins (the hydra_plugins namespace) and what the Optuna sweeper instantiates.
-TRUSTED_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.samplers.",
-                   "optuna.pruners.")  # fmt: skip
+# Where `_target_` may point in the composed config: Hydra's own plugins and the installed
+# plugins (the hydra_plugins namespace). A search's sampler and pruner are names
+# (runner/search.py), not code paths.
+TRUSTED_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.")
 # The handler and formatter classes of Hydra's own logging presets and ours.
 TRUSTED_LOGGING = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler",
                    "logging.Formatter", "runner.logs.BelowWarning",
@@ -66,11 +67,12 @@ HYDRA_SETTABLE = (
     "hydra.launcher.ray.init.address", "hydra.launcher.ray.remote.num_cpus",
     "hydra.launcher.ray.remote.num_gpus",
     "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction",
-    "hydra.sweeper.study_name", "hydra.sweeper.params", "hydra.sweeper.sampler.seed",
+    "hydra.sweeper.study_name", "hydra.sweeper.params", "hydra.sweeper.sampler",
+    "hydra.sweeper.pruner", "hydra.sweeper.storage", "hydra.sweeper.report_every",
     "hydra.sweeper.max_batch_size",
 )  # fmt: skip
-HYDRA_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra/sweeper/sampler",
-                "hydra/job_logging", "hydra/hydra_logging"}  # fmt: skip
+HYDRA_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra/job_logging", "hydra/hydra_logging"}
+OPTUNA_SWEEPER = "hydra_plugins.runner_optuna.OptunaSweeper"
 # Launchers that come with an extra of this project.
 EXTRAS = {"ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submitit"}
 
@@ -117,6 +119,7 @@ class Plan:
     runs_jobs: bool  # False for --cfg, --info, --hydra-help ...: Hydra prints, nothing runs
     out_dir: Path | None  # the run's or the sweep's directory, reserved for it
     created: Path | None = None  # the topmost directory the reservation created
+    study: Study | None = None  # a search's study (hydra/sweeper=optuna): where, and named
 
 
 def check(argv: list[str], reserve: bool = True) -> Plan:
@@ -144,8 +147,10 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     conf = typed(cfg, _given(parsed))
     _check_default_store(conf)
     _check_hydra_settings(cfg, args.multirun)
+    study = None
     if args.multirun:
         check_sweep_values(cfg, parsed, search)
+        study = _check_search(cfg, parsed, conf)
     out_dir, created = (
         _reserve(cfg, parsed, args.multirun) if runs_jobs and reserve else (None, None)
     )
@@ -156,7 +161,8 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     if out_dir is not None:
         key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
         hydra_argv.append(f"{key}={quoted(str(out_dir))}")
-    return Plan(hydra_argv, list(args.overrides), conf, args.multirun, runs_jobs, out_dir, created)
+    return Plan(hydra_argv, list(args.overrides), conf, args.multirun, runs_jobs, out_dir, created,
+                study)  # fmt: skip
 
 
 def _flags_for_hydra(args: argparse.Namespace) -> list[str]:
@@ -393,12 +399,11 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
     fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + search
     base = typed(cfg)
     variant = _without_hydra(cfg)  # one copy, each value set into it in turn
-    for o in parsed:
-        if not o.is_sweep_override() or o.is_hydra_override() or o.is_interval_sweep():
-            continue  # hydra.*: a sweeper's own search space; intervals: no list to check
+    for o in [*parsed, *_sweeper_params(cfg)]:
+        if not o.is_sweep_override() or o.is_hydra_override():
+            continue  # hydra.*: not a job's setting
         key = o.key_or_group.lstrip("+")
-        texts = float_range(o)  # the values the sweeper will write, as it computes them
-        for value in [float(t) for t in texts] if texts else o.sweep_iterator():
+        for value in _values_to_check(o):
             line = f"{o.get_key_element()}={value}"
             given = {o.key_or_group.lstrip("+~"): str(value)}
             if o.key_or_group in _groups():  # a group option: compose it
@@ -416,6 +421,58 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
             if isinstance(converted, ListConfig):
                 converted = OmegaConf.to_container(converted)
             validate(_replaced(base, key.split("."), converted))
+
+
+def _sweeper_params(cfg: DictConfig) -> list[Override]:
+    """hydra.sweeper.params (a preset's search space) as overrides, `key=sweep`."""
+    params = cfg.hydra.sweeper.get("params") or {}
+    return [parse(f"{key}={value}") for key, value in params.items()]
+
+
+def _values_to_check(o: Override) -> list[Any]:
+    """The values a sweep will set: a list's or a range's (a float range as the sweeper
+    computes it), or an interval's two ends (every sample lies between them)."""
+    if o.is_interval_sweep():
+        return [o.value().start, o.value().end]
+    texts = float_range(o)
+    return [float(t) for t in texts] if texts else list(o.sweep_iterator())
+
+
+def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Study | None:
+    """A search's own settings (hydra/sweeper=optuna), and where its study is."""
+    sweeper = cfg.hydra.sweeper
+    if sweeper.get("_target_") != OPTUNA_SWEEPER:
+        return None
+    from runner import search
+
+    if sweeper.direction not in ("minimize", "maximize"):
+        raise ConfigError("hydra.sweeper.direction", sweeper.direction, "minimize or maximize")
+    for key in ("n_trials", "n_jobs", "report_every"):
+        value = sweeper.get(key)
+        if (value is None and key != "report_every") or (value is not None and value < 1):
+            allowed = "an integer >= 1" + " or null" * (key == "report_every")
+            raise ConfigError(f"hydra.sweeper.{key}", value, allowed)
+    storage = sweeper.storage
+    if storage is not None and not str(storage).startswith(search.JOURNAL) and "://" not in storage:
+        allowed = "null (optuna.db beside the MLflow store), a database URL or journal:PATH"
+        raise ConfigError("hydra.sweeper.storage", storage, allowed)
+    # A bad name or argument: one line (Optuna's own check, by building them).
+    search.sampler(OmegaConf.to_container(sweeper.sampler, resolve=True))
+    search.pruner(OmegaConf.to_container(sweeper.pruner, resolve=True))
+    overrides = [o for o in [*_sweeper_params(cfg), *parsed] if not o.is_hydra_override()]
+    if not any(o.is_sweep_override() for o in overrides):
+        allowed = ("a search space: a swept key, e.g. \"lr=tag(log,interval(1e-3,1))\" or "
+                   "optimizer=choice(sgd,adam), or search=optuna_lr")  # fmt: skip
+        raise ConfigError("hydra.sweeper.params", dict(sweeper.params), allowed)
+    swept = [o.input_line for o in overrides]
+    for line in swept:
+        try:
+            search.search_space([line])
+        except ValueError as err:  # Optuna's own check, e.g. a log scale from 0
+            key, value = line.split("=", 1)
+            raise ConfigError(key, value, f"a search space Optuna takes ({err})") from None
+    uri = conf.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
+    return search.locate(sweeper, swept, Path.cwd(), uri if conf.mlflow.enabled else None)
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:

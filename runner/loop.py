@@ -42,6 +42,7 @@ class How(str, Enum):
     stalled = "stalled"  # stop.patience: val_loss did not improve for that many epochs
     diverged = "diverged"  # a non-finite loss, parameter or gradient
     grad_check_failed = "grad_check_failed"  # autograd and the analytic gradient disagreed
+    pruned = "pruned"  # a search's pruner stopped it (Member.report), or it never started
     interrupted = "interrupted"  # a stop signal, at an epoch boundary
     abandoned = "abandoned"  # its history could not be written (Abandon)
 
@@ -71,6 +72,9 @@ class Member:
     check_grad: float | None = None  # the gradient check's tolerance; None: no check
     schedule: Schedule | None = None  # steps this member's lr after each epoch; None: constant
     patience: int | None = None  # stop.patience (needs validation points)
+    # A search's trial: given each chunk's last epoch and loss, True stops the member there.
+    report: Callable[[int, float], bool] | None = None
+    skip: Outcome | None = None  # ends before its first epoch (a trial pruned by the maths)
 
 
 @dataclass
@@ -160,23 +164,29 @@ def train(
     cost no extra sync; the epochs a chunk ran past a member's end are undone by
     restoring its parameters from the history. On Ctrl-C the rows recorded and not yet
     written are written first.
+
+    A search's trial reports the last loss of each chunk it survives (Member.report), so
+    a trial reports once a chunk: its pruner may end it there (pruned). A member with a
+    `skip` outcome never trains.
     """
     names = model.names()
     checking = any(m.check_grad is not None for m in members)
     steps = batches.steps if batches is not None and batches.log else 0
     columns = history_columns(names, checking, val=val is not None, minibatch=bool(batches),
                               steps=steps)  # fmt: skip
-    longest = max(m.epochs for m in members)
+    outcomes: list[Outcome | None] = [m.skip for m in members]
+    active = dict.fromkeys(j for j, m in enumerate(members) if m.skip is None)  # in order
+    if not active:
+        return outcomes  # type: ignore[return-value]
+    longest = max(members[j].epochs for j in active)
     # [epoch in chunk, member, column]: one small device-side kernel fills an epoch's slot.
     rows = torch.empty((min(chunk, longest), len(members), len(columns) - 1), dtype=x.dtype,
                        device=x.device)  # fmt: skip
     slots = rows.unbind(0)
-    active = dict.fromkeys(range(len(members)))  # members still training, in order
-    outcomes: list[Outcome | None] = [None] * len(members)
     watches = [Watch() for _ in members]
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
     lrs: list[list[float]] = [[] for _ in members]  # scheduled members' lr, per row
-    ends = {m.epochs - 1 for m in members}  # a chunk is cut where a member ends
+    ends = {members[j].epochs - 1 for j in active}  # a chunk is cut where a member ends
     if val is not None:
         val = (val[0], val[1].expand(len(members), -1))
     epochs = _Epochs(model, loss_fn, members, active, x, y.expand(len(members), -1), val,
@@ -327,6 +337,8 @@ def _after_chunk(
         if not np.isfinite(final).all():
             return Outcome(How.diverged, member.epochs, member.epochs, "the last step overflowed")
         return Outcome(How.finished, member.epochs)
+    if member.report is not None and member.report(epoch, float(frame["loss"].iloc[-1])):
+        return Outcome(How.pruned, epoch + 1, epoch)
     return None
 
 

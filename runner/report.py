@@ -35,11 +35,13 @@ SUMMARY_COLUMNS = [
     "diverged_at_epoch",
     "converged_at_epoch",
     "stalled_at_epoch",
+    "pruned_at_epoch",  # a search's trial its pruner stopped (status PRUNED)
     "mlflow_run_id",
 ]
 # Best first: finished runs (by final loss), then the ones that ran off, were stopped, broke.
-STATUS_ORDER = {"FINISHED": 0, "DIVERGED": 1, "KILLED": 2, "FAILED": 3}
-INT_COLUMNS = ("epochs_run", "diverged_at_epoch", "converged_at_epoch", "stalled_at_epoch")
+STATUS_ORDER = {"FINISHED": 0, "PRUNED": 1, "DIVERGED": 2, "KILLED": 3, "FAILED": 4}
+INT_COLUMNS = ("epochs_run", "diverged_at_epoch", "converged_at_epoch", "stalled_at_epoch",
+               "pruned_at_epoch")  # fmt: skip
 FLOAT_COLUMNS = ("lr", "stable_lr_max", "final_loss")
 NOT_PARAMETERS = ("final_loss", "final_gap", "final_distance")
 WIDE = (8, 5)  # inches; every picture of this module has this size
@@ -158,7 +160,8 @@ def draw_final_loss_vs_lr(summary: pd.DataFrame, start_loss: float | None = None
     settings; the stability limit 2/λmax as a vertical line where it applies (plain
     gradient descent: summary's stable_lr_max). Jobs that diverged, or ended above the
     loss they started from (`start_loss`; else the highest finished one), are crosses at
-    that height, so a run that reached 1e30 does not squash the others."""
+    that height, so a run that reached 1e30 does not squash the others; a search's pruned
+    trials are open triangles there."""
     fig, ax = _figure()
     done = summary[summary["status"] == "FINISHED"]
     ceiling = start_loss if start_loss is not None else done["final_loss"].max()
@@ -175,6 +178,11 @@ def draw_final_loss_vs_lr(summary: pd.DataFrame, start_loss: float | None = None
             shown = f"{label} diverged or ended above the start (drawn there)".lstrip()
             ax.plot(diverged["lr"], np.full(len(diverged), ceiling), "x", color=color,
                     markersize=9, label=shown)  # fmt: skip
+        pruned = jobs[jobs["status"] == "PRUNED"]
+        if len(pruned):  # a search's trial stopped early: no final loss
+            shown = f"{label} pruned (drawn at the start)".lstrip()
+            ax.plot(pruned["lr"], np.full(len(pruned), ceiling), "v", color=color,
+                    markersize=7, fillstyle="none", label=shown)  # fmt: skip
     limits = summary.dropna(subset=["stable_lr_max"])
     for limit, jobs in limits.groupby("stable_lr_max"):
         names = sorted(set(labels[jobs.index]) - {""})

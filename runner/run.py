@@ -37,6 +37,7 @@ from runner.optimizers import Optimizer, build_optimizer
 from runner.provenance import data_digest, record, run_digest
 from runner.reuse import finished_twins
 from runner.schedules import Schedule, build_schedule
+from runner.search import Reporter, Study, report_every
 from runner.signals import STOPPER
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
 from runner.store import default_tracking_uri, run_name, server_problem
@@ -65,6 +66,8 @@ class RunContext:
     in_sweep: bool = False  # plots=null draws a single run's pictures, not a sweep job's
     reuse: bool = False  # a grid sweep's job: an identical FINISHED run is reused, not re-run
     log_file: Path | None = None  # its own log, where no launcher set one up (a batch)
+    study: Study | None = None  # a search's trial: the study it reports to (runner/search.py)
+    trial: int | None = None  # ... and its number there
 
 
 @dataclass
@@ -138,7 +141,7 @@ def resolve_device(name: str) -> torch.device:
 class Result:
     """How a run ended; written to result.json in the run directory for the sweep's summary."""
 
-    status: str  # FINISHED, DIVERGED, FAILED or KILLED
+    status: str  # FINISHED, DIVERGED, PRUNED, FAILED or KILLED
     epochs_run: int
     final_loss: float  # inf unless FINISHED, so a sweeper ranks it last
     final: dict[str, float] = field(default_factory=dict)  # final_a, final_b, ...
@@ -152,6 +155,8 @@ class Result:
     diverged_at_epoch: int | None = None
     converged_at_epoch: int | None = None  # stop.tol ended the run early
     stalled_at_epoch: int | None = None  # stop.patience ended it: val_loss stopped improving
+    pruned_at_epoch: int | None = None  # a search's trial its pruner stopped ...
+    pruned_by: str | None = None  # ... "pruner", or "stability" (lr >= 2/λmax: not trained)
     failure: str | None = None  # why a FAILED run failed
     tracking_error: str | None = None  # MLflow failed; the CSV went on alone
     signal: int | None = None  # the stop signal of a KILLED run
@@ -225,10 +230,16 @@ class JobRun:
             self.steps_csv.open()
 
     def member(self, optimizer: Optimizer, schedule: Schedule | None) -> Member:
-        conf = self.conf
+        conf, ctx = self.conf, self.ctx
         check = conf.check_grad_tol if conf.check_grad else None
+        report, skip = None, None
+        if ctx.study is not None and ctx.trial is not None:
+            if _diverges(conf, self.best):  # the maths says so: no need to train it
+                skip = Outcome(How.pruned, 0, 0, "stability")
+            else:
+                report = Reporter(ctx.study, ctx.trial)
         return Member(optimizer, conf.epochs, self.write, conf.zero_grad, conf.stop.tol, check,
-                      schedule, conf.stop.patience)  # fmt: skip
+                      schedule, conf.stop.patience, report, skip)  # fmt: skip
 
     def write(self, chunk: pd.DataFrame) -> None:
         if self.steps_csv is not None:  # the steps ride along in their epochs' rows
@@ -321,7 +332,8 @@ def _train_batch(
     jobs = [JobRun(c, ctx, s, len(confs) == 1, digest)
             for c, ctx, digest in zip(confs, ctxs, digests, strict=True)]  # fmt: skip
     for job in jobs:
-        _warn_if_unstable(job.conf, s.best)
+        if job.ctx.study is None:  # (a search's trial is pruned instead)
+            _warn_if_unstable(job.conf, s.best)
     opened: list[JobRun] = []
     try:
         lanes = 2 if len(jobs) >= TWO_LANES else 1  # tracking processes for this batch
@@ -338,7 +350,7 @@ def _train_batch(
         if len(jobs) == 1:
             where = f"the run ends KILLED, MLflow holding every epoch of {jobs[0].csv_path}"
         with STOPPER.listening_while(where):
-            outcomes = train(s.model, s.loss_fn, members, s.x, s.y, confs[0].chunk, STOPPER.stop,
+            outcomes = train(s.model, s.loss_fn, members, s.x, s.y, _chunk(jobs), STOPPER.stop,
                              s.val, s.batches)  # fmt: skip
         finals = _final_metrics(s)
         for j, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
@@ -356,6 +368,22 @@ def _train_batch(
         with _job_log(job.ctx.log_file):
             _print_summary(job.conf, job.result, s.best, job.csv_path, job.mlflow)
     return [job.result for job in jobs]
+
+
+def _chunk(jobs: list[JobRun]) -> int:
+    """Epochs per chunk: the config's, or fewer where a search's trials report more often."""
+    chunk = jobs[0].conf.chunk
+    for job in jobs:
+        if job.ctx.study is not None:
+            chunk = report_every(job.ctx.study, job.conf.epochs, chunk)
+    return chunk
+
+
+def _diverges(conf: Config, best: Optimum) -> bool:
+    """Plain full-batch gradient descent at a constant lr >= 2/λmax: the maths says it
+    diverges (weight decay only lowers the limit; a schedule may bring lr below it)."""
+    steady = conf.batch_size is None and conf.schedule.name == "constant"
+    return plain_gradient_descent(conf) and steady and conf.lr >= best.stable_lr_max
 
 
 def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) -> Ending:
@@ -376,6 +404,11 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
     if job.steps_csv is not None:
         files.insert(1, str(job.steps_csv.path))
     texts = {"config.yaml": config_yaml}
+    if outcome.how == How.pruned:  # KILLED: it did not run its course, by decision
+        by = outcome.detail or "pruner"
+        result.status, result.pruned_at_epoch, result.pruned_by = "PRUNED", outcome.at_epoch, by
+        tags = {"pruned": "true", "pruned_at_epoch": str(outcome.at_epoch), "pruned_by": by}
+        return Ending("KILLED", tags=tags, files=files, texts=texts)
     if outcome.how == How.diverged:
         result.status, result.diverged_at_epoch = "DIVERGED", outcome.at_epoch
         tags = {"diverged": "true", "diverged_at_epoch": str(outcome.at_epoch)}
@@ -552,6 +585,15 @@ def _print_summary(
             f"runner: diverged at epoch {result.diverged_at_epoch} (non-finite loss, parameter "
             f"or gradient; lr={conf.lr} is too large?); the CSV keeps the {epochs} before it"
         )
+    elif result.status == "PRUNED" and result.pruned_by == "stability":
+        log.info(
+            f"runner: pruned before training: lr={conf.lr:g} is at or above "
+            f"{best.stable_lr_max:.4g}, the largest stable step for plain gradient descent on "
+            "this data (2/λmax)"
+        )
+    elif result.status == "PRUNED":
+        log.info(f"runner: pruned by the search's pruner after epoch {result.pruned_at_epoch}; "
+                 f"the CSV keeps its {epochs}")  # fmt: skip
     elif result.status == "KILLED":
         name = signal.Signals(result.signal or signal.SIGINT).name
         where = (

@@ -20,6 +20,7 @@ from runner.config import Config
 from runner.logs import console
 from runner.mlflow_sink import MlflowSink, end_the_unended, timeout
 from runner.report import parameter_columns, summarize, sweep_plots
+from runner.search import Study
 from runner.store import default_tracking_uri, run_name
 from runner.tracking import Ending, RunSpec, TrackingError
 
@@ -28,15 +29,30 @@ PARENT_VARIABLE = "RUNNER_SWEEP_PARENT"
 
 
 class Sweep:
-    def __init__(self, conf: Config, sweep_dir: Path, overrides: list[str], command: str) -> None:
-        self.conf, self.sweep_dir = conf, sweep_dir
+    """A sweep's parent run and its ending. A search's (`study`) is the study's parent run:
+    a resumed search continues it, so all of a study's trials are its children."""
+
+    def __init__(
+        self,
+        conf: Config,
+        sweep_dir: Path,
+        overrides: list[str],
+        command: str,
+        study: Study | None = None,
+    ) -> None:
+        self.conf, self.sweep_dir, self.study = conf, sweep_dir, study
         self.parent: MlflowSink | None = None
         if conf.mlflow.enabled:
             uri = conf.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
             tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides),
                     "runner.command": command, "runner.main_pid": str(os.getpid())}  # fmt: skip
-            name = f"sweep {run_name(overrides)}"
-            self.parent = MlflowSink(RunSpec(uri, conf.mlflow.experiment, name, {}, tags))
+            name, resume_by = f"sweep {run_name(overrides)}", None
+            if study is not None:
+                name, resume_by = f"search {run_name(overrides)}", "runner.study"
+                tags |= {"runner.study": study.key, "optuna.study_name": study.name,
+                         "optuna.storage": study.storage}  # fmt: skip
+            spec = RunSpec(uri, conf.mlflow.experiment, name, {}, tags, resume_by)
+            self.parent = MlflowSink(spec)
 
     def __enter__(self) -> Sweep:
         if self.parent is not None:
@@ -63,7 +79,19 @@ class Sweep:
             self._end_children(status)
         end_the_unended()
         files = [str(p) for p in [path, *pictures]]
-        self.parent.close(Ending(status, files=files, **_best(summary)))
+        best = _best(summary)
+        if self.study is not None:  # the parent of every trial the study has: its counts
+            best["tags"] |= self._study_tags()
+        self.parent.close(Ending(status, files=files, **best))
+
+    def _study_tags(self) -> dict[str, str]:
+        from runner.search import study_tags
+
+        try:
+            return study_tags(self.study)
+        except Exception as err:  # the trials are in MLflow either way
+            log.warning(f"runner: warning: the study's counts not tagged ({err})")
+            return {}
 
     def _end_children(self, status: str) -> None:
         uri = self.parent.uri

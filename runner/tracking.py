@@ -58,6 +58,9 @@ class RunSpec:
     name: str
     params: dict[str, str]
     tags: dict[str, str]
+    # A tag of `tags`: the newest run of the experiment with the same value is continued
+    # (RUNNING again) instead of a new one - a resumed search's parent run.
+    resume_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _experiment_id(uri: str, name: str) -> str:
 
 def open_run(spec: RunSpec) -> str:
     """Create the run with its tags and params; return its id."""
-    from mlflow.entities import Param
+    from mlflow.entities import Param, RunTag
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
     from runner.processes import process_tags
@@ -139,13 +142,26 @@ def open_run(spec: RunSpec) -> str:
     client = _client(spec.tracking_uri)
     experiment = _experiment_id(spec.tracking_uri, spec.experiment)
     # This process writes the run and ends it: `runner.cleanup` checks that it lives.
-    run = client.create_run(experiment, run_name=spec.name, tags=spec.tags | process_tags())
-    run_id = run.info.run_id
+    tags = spec.tags | process_tags()
+    if spec.resume_by and (earlier := _run_tagged(client, experiment, spec.resume_by,
+                                                    tags[spec.resume_by])):  # fmt: skip
+        run_id = earlier
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    else:
+        run_id = client.create_run(experiment, run_name=spec.name, tags=tags).info.run_id
     _open_runs[run_id] = spec.tracking_uri
     params = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in spec.params.items()]
     if params:
         client.log_batch(run_id, params=params)
     return run_id
+
+
+def _run_tagged(client: Any, experiment: str, key: str, value: str) -> str | None:
+    """The newest run of the experiment tagged key=value (value: a plain key, no quotes)."""
+    runs = client.search_runs([experiment], f"tags.`{key}` = '{value}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    return runs[0].info.run_id if runs else None
 
 
 def log_metrics(uri: str, run_id: str, epochs: np.ndarray, columns: dict[str, np.ndarray]) -> int:

@@ -62,6 +62,14 @@ BAD_INPUTS: list[tuple[str, ...]] = [
     ("mlflow.tracking_uri=http://alice:p@ss/w0rd@127.0.0.1:5077",),
     ("mlflow.tracking_uri=http://127.0.0.1:9",),
     ("MLFLOW_DB_IS_A_DIRECTORY",),
+    ("-m", "search=optuna"),
+    ("-m", "search=optuna", "lr=tag(log,interval(0,1))"),
+    ("-m", "search=optuna", "model.a=tag(log,interval(-1,1))"),
+    ("-m", "search=optuna_lr", "hydra.sweeper.n_trials=0"),
+    ("-m", "search=optuna_lr", "hydra.sweeper.sampler.name=cmaes"),
+    ("-m", "search=optuna_lr", "+hydra.sweeper.pruner.bogus=1"),
+    ("-m", "search=optuna_lr", "hydra.sweeper.storage=optuna.db"),
+    ("-m", "search=optuna_lr", "hydra.sweeper.sampler._target_=os.system"),
 ]
 SHOWN = {"mlflow.experiment=" + "e" * 501: "mlflow.experiment=eee...(501 e)"}
 

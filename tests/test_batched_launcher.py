@@ -8,31 +8,20 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from hydra import version
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-from hydra.version import VersionBase
 from omegaconf import DictConfig, OmegaConf
 from support import children, run_cli, store, sweep_parent
 
 from hydra_plugins.runner_batched import hydra_yaml
 from runner import gate
 
-
-@pytest.fixture(autouse=True)
-def _hydra_as_fresh() -> Iterator[None]:
-    """Hydra's suites expect a process where no version_base was set yet (as in Hydra's own
-    test runs); the runner's gate sets 1.3 in the tests before these."""
-    base = VersionBase.instance()
-    before = base.version_base
-    base.setbase(version.__compat_version__)
-    yield
-    base.version_base = before
+pytestmark = pytest.mark.usefixtures("hydra_as_fresh")
 
 
 # Hydra's own launcher suites: about 10 s each in-process, so they run with the slow tests

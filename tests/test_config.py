@@ -202,7 +202,8 @@ def test_any_override_is_a_valid_config_or_one_clear_line(key: str, value: str) 
     ("search", "sweeper"),
     [
         ([], "hydra_plugins.runner_sweeper.GridSweeper"),
-        (["search=optuna_lr"], "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"),
+        (["search=optuna_lr"], "hydra_plugins.runner_optuna.OptunaSweeper"),
+        (["search=optuna"], "hydra_plugins.runner_optuna.OptunaSweeper"),
     ],
 )
 def test_a_sweep_is_searched_by_the_chosen_sweeper(search: list[str], sweeper: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from support import make_config, member_of, train_history, train_setup
 
-from runner.loop import Abandon, How, Member, train
+from runner.loop import Abandon, How, Member, Outcome, train
 from runner.losses import manual_mse
 from runner.model import Linear
 from runner.run import build
@@ -302,3 +303,41 @@ def test_a_member_whose_record_fails_ends_and_the_others_go_on() -> None:
     assert outcomes[0].how == How.abandoned and outcomes[0].epochs == 0
     assert "No space left" in outcomes[0].detail
     assert outcomes[1].how == How.finished and len(pd.concat(kept)) == 20
+
+
+def test_a_trial_its_pruner_stops_ends_at_that_chunk_and_the_others_go_on() -> None:
+    """Member.report gets each chunk's last epoch and loss; True ends that member there
+    (pruned), its rows written, while the others train on unchanged."""
+    confs = [make_config("experiment=seed_002", "epochs=30", "lr=0.05") for _ in range(3)]
+    s = build(confs, None)
+    histories: list[list[pd.DataFrame]] = [[] for _ in confs]
+    reports: list[tuple[int, float]] = []
+
+    def prune_at_14(epoch: int, loss: float) -> bool:
+        reports.append((epoch, loss))
+        return epoch == 14
+
+    members = [member_of(s, j, c, histories[j].append) for j, c in enumerate(confs)]
+    members[1] = dataclasses.replace(members[1], report=prune_at_14)
+    members[2] = dataclasses.replace(members[2], skip=Outcome(How.pruned, 0, 0, "stability"))
+    outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=5)
+    assert outcomes[1] == Outcome(How.pruned, 15, 14)
+    assert outcomes[2] == Outcome(How.pruned, 0, 0, "stability") and not histories[2]
+    pruned, alone = pd.concat(histories[1]), pd.concat(histories[0])
+    assert outcomes[0].how == How.finished and len(alone) == 30
+    # the pruned member's rows are the first 15 of the same run trained to the end
+    pd.testing.assert_frame_equal(
+        pruned.reset_index(drop=True), alone.iloc[:15].reset_index(drop=True)
+    )
+    assert reports == [(4, alone["loss"].iloc[4]), (9, alone["loss"].iloc[9]),
+                       (14, alone["loss"].iloc[14])]  # fmt: skip
+
+
+def test_a_batch_whose_members_are_all_skipped_does_not_train() -> None:
+    (conf,) = [make_config("experiment=seed_002")]
+    s = build([conf], None)
+    before = s.model.stacked("a").clone()
+    skipped = Outcome(How.pruned, 0, 0, "stability")
+    member = dataclasses.replace(member_of(s, 0, conf, lambda chunk: None), skip=skipped)
+    assert train(s.model, s.loss_fn, [member], s.x, s.y) == [skipped]
+    assert torch.equal(s.model.stacked("a"), before)

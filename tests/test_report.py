@@ -86,14 +86,14 @@ def test_summary_of_k_features_has_their_parameter_columns(tmp_path: Path) -> No
 
 def test_rank_orders_statuses_then_loss_then_job() -> None:
     frame = pd.DataFrame({
-        "job": [5, 4, 3, 2, 1, 0],
-        "status": ["FAILED", "RUNNING", "KILLED", "DIVERGED", "FINISHED", "FINISHED"],
-        "final_loss": [0.0, 0.0, np.nan, math.inf, 0.5, 0.5],
+        "job": [6, 5, 4, 3, 2, 1, 0],
+        "status": ["FAILED", "RUNNING", "KILLED", "DIVERGED", "PRUNED", "FINISHED", "FINISHED"],
+        "final_loss": [0.0, 0.0, np.nan, math.inf, math.inf, 0.5, 0.5],
     })  # fmt: skip
     ranked = rank(frame)
-    order = ["FINISHED", "FINISHED", "DIVERGED", "KILLED", "FAILED", "RUNNING"]  # unknown: last
-    assert ranked["status"].tolist() == order and list(STATUS_ORDER) == order[1:5]
-    assert ranked["job"].tolist() == [0, 1, 2, 3, 5, 4]  # equal losses: by job
+    order = ["FINISHED", "FINISHED", "PRUNED", "DIVERGED", "KILLED", "FAILED", "RUNNING"]
+    assert ranked["status"].tolist() == order and list(STATUS_ORDER) == order[1:6]  # unknown: last
+    assert ranked["job"].tolist() == [0, 1, 2, 3, 4, 6, 5]  # equal losses: by job
 
 
 def test_rank_without_jobs_keeps_the_incoming_order_for_ties() -> None:
@@ -161,6 +161,21 @@ def test_final_loss_against_lr_marks_diverged_jobs_and_the_limit() -> None:
     assert finished.get_xdata().tolist() == [0.01, 0.1]
     assert diverged.get_ydata().tolist() == [0.006]  # at the top of the finished ones
     assert limit.get_xdata()[0] == 0.18
+
+
+def test_final_loss_against_lr_marks_a_search_s_pruned_trials_apart() -> None:
+    summary = pd.DataFrame({
+        "overrides": ["search=optuna lr=0.0001", "search=optuna lr=0.05", "search=optuna lr=0.3"],
+        "status": ["PRUNED", "FINISHED", "PRUNED"], "lr": [0.0001, 0.05, 0.3],
+        "stable_lr_max": [0.18] * 3, "final_loss": [np.inf, 0.002, np.inf],
+    })  # fmt: skip
+    (ax,) = draw_final_loss_vs_lr(summary, start_loss=2.4).axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["finished", "pruned (drawn at the start)", "stability limit 2/λmax = 0.18"]
+    finished, pruned, _ = ax.get_lines()
+    assert finished.get_xdata().tolist() == [0.05]
+    assert pruned.get_xdata().tolist() == [0.0001, 0.3]
+    assert pruned.get_ydata().tolist() == [2.4, 2.4] and pruned.get_marker() == "v"
 
 
 def test_final_loss_against_lr_draws_a_series_per_setting_and_the_limit_where_it_applies() -> None:

@@ -24,10 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from runner.ranges import float_range
 
 
-class GridSweeper(Sweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict | None = None) -> None:
-        self.max_batch_size = max_batch_size  # jobs handed to the launcher at once; null: all
-        self.params = params or {}  # key -> sweep, as on the command line (hydra.sweeper.params)
+class LaunchingSweeper(Sweeper):
+    """A sweeper that hands its jobs to the configured launcher (the runner's sweepers)."""
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -36,6 +34,12 @@ class GridSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+
+
+class GridSweeper(LaunchingSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None) -> None:
+        self.max_batch_size = max_batch_size  # jobs handed to the launcher at once; null: all
+        self.params = params or {}  # key -> sweep, as on the command line (hydra.sweeper.params)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         jobs = grid([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
@@ -50,11 +54,12 @@ class GridSweeper(Sweeper):
                 _ = r.return_value  # a job that raised raises here, as in Hydra's sweepers
             # Kept without the jobs' configs, so a sweep of 10,000 jobs holds about
             # max_batch_size of them at a time.
-            returns.append([_slim(r) for r in results])
+            returns.append([slim(r) for r in results])
         return returns
 
 
-def _slim(r: JobReturn) -> JobReturn:
+def slim(r: JobReturn) -> JobReturn:
+    """A job's return without its configs (a long sweep keeps thousands of them)."""
     return JobReturn(overrides=r.overrides, working_dir=r.working_dir, task_name=r.task_name,
                      status=r.status, _return_value=r._return_value)  # fmt: skip
 

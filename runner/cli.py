@@ -175,7 +175,8 @@ def _context(hydra_cfg: DictConfig, log_file: bool = False) -> RunContext:
     from runner.sweep import PARENT_VARIABLE
 
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    study = Study.from_env() if multirun else None  # set by a search's sweeper
+    search = multirun and str(hydra_cfg.sweeper.get("_target_", "")).endswith("OptunaSweeper")
+    study = Study.from_env() if search else None  # set by the search's sweeper
     run_dir = Path(hydra_cfg.runtime.output_dir)
     return RunContext(
         launch_dir=Path(hydra_cfg.runtime.cwd),
@@ -215,7 +216,7 @@ def _returned(result: Result, multirun: bool) -> float | Pruned:
     if result.status == "KILLED":
         raise Stop(result.signal or 2)  # the sweep stops with its job
     if result.status == "PRUNED":
-        return Pruned(result.pruned_at_epoch or 0, result.pruned_by or "pruner")
+        return Pruned(result.pruned_at_epoch, result.pruned_by or "pruner")
     if result.status != "FINISHED" and not multirun:
         raise SystemExit(1)  # diverged, failed its gradient check, or lost its store
     # A sweep goes on past a failed job: inf ranks it last, and Optuna records a bad trial.

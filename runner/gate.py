@@ -34,7 +34,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 from runner.config import CONF_DIR, Config, ConfigError, tracking_uri_problem, validate
 from runner.ranges import float_range
 from runner.search import Study
-from runner.store import default_tracking_uri
+from runner.store import default_tracking_uri, redact
 
 MAX_ARGUMENT = 10_000  # Hydra's override parser takes minutes on a 100 KB value
 
@@ -66,9 +66,9 @@ HYDRA_SETTABLE = (
     "hydra.launcher.exclude", "hydra.launcher.comment", "hydra.launcher.max_batch",
     "hydra.launcher.ray.init.address", "hydra.launcher.ray.remote.num_cpus",
     "hydra.launcher.ray.remote.num_gpus",
-    "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction",
-    "hydra.sweeper.study_name", "hydra.sweeper.params", "hydra.sweeper.sampler",
-    "hydra.sweeper.pruner", "hydra.sweeper.storage", "hydra.sweeper.report_every",
+    "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.study_name",
+    "hydra.sweeper.params", "hydra.sweeper.sampler", "hydra.sweeper.pruner",
+    "hydra.sweeper.storage", "hydra.sweeper.report_every",
     "hydra.sweeper.max_batch_size",
 )  # fmt: skip
 HYDRA_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra/job_logging", "hydra/hydra_logging"}
@@ -135,11 +135,11 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
             allowed = "the runner's config is its own conf/ (presets: experiment=NAME; yours: "
             raise ConfigError(flag, value, allowed + "--config-dir DIR)")
     parsed = [parse(a) for a in args.overrides]
-    search = _search_path(args.config_dir, parsed)
+    searchpath = _search_path(args.config_dir, parsed)
     for o in parsed:
-        _check_override(o, args.multirun, search)
+        _check_override(o, args.multirun, searchpath)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + search
+    fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + searchpath
     cfg = compose_checked(fixed, _given(parsed))
     check_code_paths(cfg)
     runs_jobs = not (args.cfg or args.info or args.shell_completion or args.hydra_help
@@ -149,7 +149,7 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     _check_hydra_settings(cfg, args.multirun)
     study = None
     if args.multirun:
-        check_sweep_values(cfg, parsed, search)
+        check_sweep_values(cfg, parsed, searchpath)
         study = _check_search(cfg, parsed, conf)
     out_dir, created = (
         _reserve(cfg, parsed, args.multirun) if runs_jobs and reserve else (None, None)
@@ -157,7 +157,7 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     hydra_argv = _flags_for_hydra(args) + [
         o.input_line for o in parsed if not o.input_line.startswith("hydra.searchpath=")
     ]
-    hydra_argv += search
+    hydra_argv += searchpath
     if out_dir is not None:
         key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
         hydra_argv.append(f"{key}={quoted(str(out_dir))}")
@@ -194,7 +194,7 @@ def quoted(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _check_override(o: Override, multirun: bool, search: list[str]) -> None:
+def _check_override(o: Override, multirun: bool, searchpath: list[str]) -> None:
     """What one override may do, from the override alone."""
     key = o.key_or_group
     words = set(key.replace("/", ".").split("."))
@@ -206,7 +206,7 @@ def _check_override(o: Override, multirun: bool, search: list[str]) -> None:
     elif "/" not in key and key.split(".")[0] not in _groups() | set(_schema_keys()):
         raise ConfigError(key, _value_text(o), _known_keys_hint(key))
     elif key in _groups() and not o.is_sweep_override() and not o.is_delete():
-        _check_option(key, str(o.value()), search)
+        _check_option(key, str(o.value()), searchpath)
     if o.is_sweep_override() and not multirun:
         raise ConfigError(o.get_key_element(), _value_text(o), "a single value (add -m to sweep)")
 
@@ -270,18 +270,18 @@ def _groups() -> frozenset[str]:
     return frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 
 
-def _check_option(group: str, option: str, search: list[str]) -> None:
+def _check_option(group: str, option: str, searchpath: list[str]) -> None:
     """A group's options are the YAML files of conf/<group>/ and of the user's own dirs."""
-    dirs = [CONF_DIR, *(Path(e.removeprefix("file://")) for e in _search_entries(search))]
+    dirs = [CONF_DIR, *(Path(e.removeprefix("file://")) for e in _search_entries(searchpath))]
     options = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
     if option not in options and option != "null":
         raise ConfigError(group, option, "one of " + ", ".join(options))
 
 
-def _search_entries(search: list[str]) -> list[str]:
-    if not search:
+def _search_entries(searchpath: list[str]) -> list[str]:
+    if not searchpath:
         return []
-    return [str(e) for e in parse(search[0]).value()]
+    return [str(e) for e in parse(searchpath[0]).value()]
 
 
 def compose_checked(overrides: list[str], given: dict[str, str]) -> DictConfig:
@@ -393,10 +393,10 @@ def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
         raise ConfigError("hydra/launcher", "submitit_slurm", allowed)
 
 
-def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str]) -> None:
+def check_sweep_values(cfg: DictConfig, parsed: list[Override], searchpath: list[str]) -> None:
     """Every value the sweep will use, one key at a time, on top of the base config."""
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + search
+    fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + searchpath
     base = typed(cfg)
     variant = _without_hydra(cfg)  # one copy, each value set into it in turn
     for o in [*parsed, *_sweeper_params(cfg)]:
@@ -407,7 +407,7 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], search: list[str
             line = f"{o.get_key_element()}={value}"
             given = {o.key_or_group.lstrip("+~"): str(value)}
             if o.key_or_group in _groups():  # a group option: compose it
-                _check_option(o.key_or_group, str(value), search)
+                _check_option(o.key_or_group, str(value), searchpath)
                 typed(compose_checked([*fixed, line], given), given)
                 continue
             try:  # a plain key: OmegaConf converts and type-checks it, no composition needed
@@ -445,8 +445,6 @@ def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Stud
         return None
     from runner import search
 
-    if sweeper.direction not in ("minimize", "maximize"):
-        raise ConfigError("hydra.sweeper.direction", sweeper.direction, "minimize or maximize")
     for key in ("n_trials", "n_jobs", "report_every"):
         value = sweeper.get(key)
         if (value is None and key != "report_every") or (value is not None and value < 1):
@@ -464,15 +462,42 @@ def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Stud
         allowed = ("a search space: a swept key, e.g. \"lr=tag(log,interval(1e-3,1))\" or "
                    "optimizer=choice(sgd,adam), or search=optuna_lr")  # fmt: skip
         raise ConfigError("hydra.sweeper.params", dict(sweeper.params), allowed)
-    swept = [o.input_line for o in overrides]
-    for line in swept:
+    lines = [o.input_line for o in overrides]
+    for line in lines:
         try:
             search.search_space([line])
         except ValueError as err:  # Optuna's own check, e.g. a log scale from 0
             key, value = line.split("=", 1)
             raise ConfigError(key, value, f"a search space Optuna takes ({err})") from None
     uri = conf.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
-    return search.locate(sweeper, swept, Path.cwd(), uri if conf.mlflow.enabled else None)
+    study = search.locate(sweeper, lines, Path.cwd(), uri if conf.mlflow.enabled else None,
+                          conf.epochs)  # fmt: skip
+    if problem := _storage_problem(study.storage):  # (a password in the URL is not shown)
+        shown = redact(study.storage)
+        raise ConfigError(
+            "hydra.sweeper.storage", redact(str(sweeper.storage)), f"{shown}: {problem}"
+        )
+    return study
+
+
+def _storage_problem(storage: str) -> str | None:
+    """Why a study cannot be stored there (checked without writing anything), or None."""
+    from runner.search import JOURNAL
+
+    path = Path(storage.removeprefix(JOURNAL).removeprefix("sqlite:///"))
+    if storage.startswith((JOURNAL, "sqlite:///")):
+        if not path.parent.is_dir():
+            return f"no directory {path.parent}"
+        if path.exists() and not path.is_file():
+            return f"{path} is not a file"
+        return _unwritable(path.parent)
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(storage).get_dialect().import_dbapi()  # its driver is installed
+    except Exception as err:
+        return f"a database URL whose driver is installed ({first_line(err)})"
+    return None
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:
@@ -525,18 +550,21 @@ def _holds_a_run(path: Path, multirun: bool) -> bool:
 def _check_writable(key: str, path: Path) -> None:
     """The directory can be created and written; the probe leaves nothing behind."""
     existing = next(p for p in [path, *path.parents] if p.exists())
-    reason = None
-    if not existing.is_dir():
-        reason = f"{existing} is a file"
-    else:
-        try:
-            probe = existing / f".runner-probe-{os.getpid()}-{datetime.now().timestamp()}"
-            probe.mkdir()
-            probe.rmdir()
-        except OSError as err:
-            reason = err.strerror or str(err)
-    if reason:
+    if reason := _unwritable(existing):
         raise ConfigError(key, str(path), f"a directory that can be written ({reason})")
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why nothing can be created in an existing `directory`, or None (a probe, removed)."""
+    if not directory.is_dir():
+        return f"{directory} is a file"
+    try:
+        probe = directory / f".runner-probe-{os.getpid()}-{datetime.now().timestamp()}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 # --- what the schema knows about its keys --------------------------------------------

@@ -204,7 +204,9 @@ def train(
                 if (schedule := members[j].schedule) is not None:
                     lrs[j].append(schedule.lr)  # the lr this step used
                     schedule.step()  # once per epoch, after the optimizer (as torch wants)
-            if recorded == len(rows) or epoch in ends:
+            # Chunks end at multiples of their length, whatever ended before: a search's
+            # trials report at the same epochs in any batch (runner/search.py).
+            if (epoch + 1) % len(rows) == 0 or epoch in ends:
                 # A member's last chunk brings the final parameters along: one sync, not two.
                 final = torch.cat([model.stacked(n).detach() for n in names], dim=-1)
                 values, finals = _to_host(rows[:recorded], final)

@@ -180,7 +180,7 @@ def draw_final_loss_vs_lr(summary: pd.DataFrame, start_loss: float | None = None
                     markersize=9, label=shown)  # fmt: skip
         pruned = jobs[jobs["status"] == "PRUNED"]
         if len(pruned):  # a search's trial stopped early: no final loss
-            shown = f"{label} pruned (drawn at the start)".lstrip()
+            shown = f"{label} pruned (no final loss: drawn at the top)".lstrip()
             ax.plot(pruned["lr"], np.full(len(pruned), ceiling), "v", color=color,
                     markersize=7, fillstyle="none", label=shown)  # fmt: skip
     limits = summary.dropna(subset=["stable_lr_max"])

@@ -37,7 +37,7 @@ from runner.optimizers import Optimizer, build_optimizer
 from runner.provenance import data_digest, record, run_digest
 from runner.reuse import finished_twins
 from runner.schedules import Schedule, build_schedule
-from runner.search import Reporter, Study, report_every
+from runner.search import Reporter, Study, reporting
 from runner.signals import STOPPER
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
 from runner.store import default_tracking_uri, run_name, server_problem
@@ -235,9 +235,11 @@ class JobRun:
         report, skip = None, None
         if ctx.study is not None and ctx.trial is not None:
             if _diverges(conf, self.best):  # the maths says so: no need to train it
-                skip = Outcome(How.pruned, 0, 0, "stability")
+                skip = Outcome(How.pruned, epochs=0, detail="stability")
             else:
-                report = Reporter(ctx.study, ctx.trial)
+                every, _ = reporting(ctx.study, conf.epochs, conf.chunk)
+                run_id = self.mlflow.run_id if self.mlflow is not None else None
+                report = Reporter(ctx.study, ctx.trial, every, run_id)
         return Member(optimizer, conf.epochs, self.write, conf.zero_grad, conf.stop.tol, check,
                       schedule, conf.stop.patience, report, skip)  # fmt: skip
 
@@ -371,11 +373,12 @@ def _train_batch(
 
 
 def _chunk(jobs: list[JobRun]) -> int:
-    """Epochs per chunk: the config's, or fewer where a search's trials report more often."""
+    """Epochs per chunk: the config's, or fewer, so that a chunk ends at each epoch where a
+    search's trials report (every trial of a study reports at the same epochs)."""
     chunk = jobs[0].conf.chunk
     for job in jobs:
         if job.ctx.study is not None:
-            chunk = report_every(job.ctx.study, job.conf.epochs, chunk)
+            chunk = reporting(job.ctx.study, job.conf.epochs, chunk)[1]
     return chunk
 
 
@@ -407,7 +410,9 @@ def _conclude(outcome: Outcome, job: JobRun, s: Setup, final: dict[str, float]) 
     if outcome.how == How.pruned:  # KILLED: it did not run its course, by decision
         by = outcome.detail or "pruner"
         result.status, result.pruned_at_epoch, result.pruned_by = "PRUNED", outcome.at_epoch, by
-        tags = {"pruned": "true", "pruned_at_epoch": str(outcome.at_epoch), "pruned_by": by}
+        tags = {"pruned": "true", "pruned_by": by}
+        if outcome.at_epoch is not None:  # (None: pruned before its first epoch)
+            tags["pruned_at_epoch"] = str(outcome.at_epoch)
         return Ending("KILLED", tags=tags, files=files, texts=texts)
     if outcome.how == How.diverged:
         result.status, result.diverged_at_epoch = "DIVERGED", outcome.at_epoch

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,8 @@ from runner.store import sqlite_path
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger("runner")
 
 # The study and how trials report, from the sweeper to every trial (hydra.job.env_copy).
 STUDY_VARIABLE = "RUNNER_STUDY"
@@ -58,7 +61,9 @@ class Study:
 
     storage: str  # an SQLAlchemy URL (sqlite:///...), or journal:PATH
     name: str
-    report_every: int | None = None  # epochs between reports; None: ten reports a trial
+    # Epochs between a trial's reports, the same for every trial of the study, so that the
+    # pruner compares them at the same epochs. None: a tenth of each trial's epochs.
+    report_every: int | None = None
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
 
     @property
@@ -79,16 +84,21 @@ class Study:
 class Pruned:
     """What a pruned trial returns to the sweeper, instead of its final loss."""
 
-    at_epoch: int
+    at_epoch: int | None  # None: before its first epoch
     by: str  # "pruner", or "stability": lr at or above 2/λmax, pruned before training
 
 
 def locate(
-    sweeper: Any, overrides: Iterable[str], launch_dir: Path, tracking_uri: str | None
+    sweeper: Any,
+    overrides: Iterable[str],
+    launch_dir: Path,
+    tracking_uri: str | None,
+    epochs: int | None = None,
 ) -> Study:
     """The study of a search: `hydra.sweeper.storage` or optuna.db beside the MLflow store,
     named `hydra.sweeper.study_name` or after the command line (order-free, without the
-    settings that do not change the trials: NOT_THE_STUDY)."""
+    settings that do not change the trials: NOT_THE_STUDY); its trials report every
+    `hydra.sweeper.report_every` epochs, or every tenth of the base config's `epochs`."""
     storage = sweeper.get("storage")
     if storage is None:
         store = sqlite_path(tracking_uri) if tracking_uri else None
@@ -97,7 +107,8 @@ def locate(
     storage = _absolute(str(storage), launch_dir)  # every trial, wherever it runs, finds it
     name = sweeper.get("study_name") or study_name(overrides)
     pruner = dict(sweeper.get("pruner") or {"name": "median"})
-    return Study(str(storage), str(name), sweeper.get("report_every"), pruner)
+    every = sweeper.get("report_every") or (max(1, epochs // 10) if epochs else None)
+    return Study(str(storage), str(name), every, pruner)
 
 
 def _absolute(storage: str, launch_dir: Path) -> str:
@@ -109,8 +120,9 @@ def _absolute(storage: str, launch_dir: Path) -> str:
     return storage
 
 
-def study_tags(study: Study) -> dict[str, str]:
-    """The whole study in a few tags for its MLflow parent run: trials by state, the best."""
+def study_record(study: Study) -> tuple[dict[str, str], dict[str, float]]:
+    """The whole study, for its MLflow parent run: tags (trials by state, the best trial,
+    its params and its MLflow run) and the best value as metric best_final_loss."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -119,11 +131,13 @@ def study_tags(study: Study) -> dict[str, str]:
     tags = {"optuna.trials": str(len(trials))}
     for state in {t.state for t in trials}:
         tags[f"optuna.trials.{state.name.lower()}"] = str(sum(t.state == state for t in trials))
-    if any(t.state.name == "COMPLETE" for t in trials):
-        best = loaded.best_trial
-        tags |= {"optuna.best_trial": str(best.number), "optuna.best_value": str(best.value),
-                 "optuna.best_params": json.dumps(best.params)}  # fmt: skip
-    return tags
+    if not any(t.state.name == "COMPLETE" for t in trials):
+        return tags, {}
+    best = loaded.best_trial
+    tags |= {"optuna.best_trial": str(best.number), "optuna.best_params": json.dumps(best.params)}
+    if "mlflow_run_id" in best.user_attrs:
+        tags["best_run_id"] = str(best.user_attrs["mlflow_run_id"])
+    return tags, {"best_final_loss": float(best.value)}
 
 
 def study_name(overrides: Iterable[str]) -> str:
@@ -206,7 +220,7 @@ def distribution(o: Override) -> optuna.distributions.BaseDistribution:
         texts = float_range(o)
         if texts:  # exactly the decimal values (Optuna's float steps accumulate)
             return Categorical([float(t) for t in texts])
-        values = list(o.sweep_iterator())
+        values = sorted(o.sweep_iterator())  # (a descending range: the same values)
         if len(values) > 1:
             return IntDistribution(values[0], values[-1], step=values[1] - values[0])
         return Categorical(values)
@@ -255,27 +269,52 @@ def fail_stale(study: optuna.Study) -> list[int]:
 
 
 class Reporter:
-    """A trial's link to its study: reports its loss, and says whether the pruner stops it."""
+    """A trial's link to its study: reports its loss every `every` epochs, and says whether
+    the pruner stops it there. A study that cannot be reached costs the trial its pruning,
+    never its training: one warning, and it trains to its end."""
 
-    def __init__(self, study: Study, number: int) -> None:
+    def __init__(self, study: Study, number: int, every: int, run_id: str | None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(study.storage)
-        loaded = optuna.load_study(study_name=study.name, storage=storage,
-                                   pruner=pruner(study.pruner))  # fmt: skip
-        study_id = storage.get_study_id_from_name(study.name)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        self.trial = optuna.trial.Trial(loaded, trial_id)
+        self.every, self.trial = every, None
+        try:
+            storage = open_storage(study.storage)
+            # (the sweeper samples; this side only reports: the cheapest sampler)
+            loaded = optuna.load_study(study_name=study.name, storage=storage,
+                                       sampler=optuna.samplers.RandomSampler(),
+                                       pruner=pruner(study.pruner))  # fmt: skip
+            study_id = storage.get_study_id_from_name(study.name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            # The trial the sweeper asked for, by its id: Optuna's own way to report from
+            # another process (it documents the constructor as not for direct use).
+            self.trial = optuna.trial.Trial(loaded, trial_id)
+            if run_id is not None:
+                self.trial.set_user_attr("mlflow_run_id", run_id)  # the study's best: its run
+        except Exception as err:
+            self._give_up(err)
 
     def __call__(self, epoch: int, loss: float) -> bool:
-        """Report the loss of `epoch`; True: the pruner stops the trial here."""
-        self.trial.report(loss, epoch)
-        return self.trial.should_prune()
+        """At each `every`-th epoch, report its loss; True: the pruner stops the trial here."""
+        if self.trial is None or (epoch + 1) % self.every:
+            return False
+        try:
+            self.trial.report(loss, epoch)
+            return self.trial.should_prune()
+        except Exception as err:
+            self._give_up(err)
+            return False
+
+    def _give_up(self, err: Exception) -> None:
+        why = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        log.warning(f"runner: warning: this trial reports to its study no more and will not be"
+                    f" pruned ({type(err).__name__}: {why})")  # fmt: skip
+        self.trial = None
 
 
-def report_every(study: Study, epochs: int, chunk: int) -> int:
-    """Epochs between a trial's reports: hydra.sweeper.report_every, or ten reports a trial;
-    at least one report a chunk."""
+def reporting(study: Study, epochs: int, chunk: int) -> tuple[int, int]:
+    """(report every N epochs, epochs per chunk): the study's interval, and the largest
+    chunk up to the configured one that ends at each report (a report costs no extra host
+    sync)."""
     every = study.report_every or max(1, epochs // 10)
-    return min(every, chunk)
+    return every, next(d for d in range(min(every, chunk), 0, -1) if every % d == 0)

@@ -21,7 +21,7 @@ from runner.logs import console
 from runner.mlflow_sink import MlflowSink, end_the_unended, timeout
 from runner.report import parameter_columns, summarize, sweep_plots
 from runner.search import Study
-from runner.store import default_tracking_uri, run_name
+from runner.store import default_tracking_uri, redact, run_name
 from runner.tracking import Ending, RunSpec, TrackingError
 
 log = logging.getLogger("runner")
@@ -50,7 +50,7 @@ class Sweep:
             if study is not None:
                 name, resume_by = f"search {run_name(overrides)}", "runner.study"
                 tags |= {"runner.study": study.key, "optuna.study_name": study.name,
-                         "optuna.storage": study.storage}  # fmt: skip
+                         "optuna.storage": redact(study.storage)}  # fmt: skip
             spec = RunSpec(uri, conf.mlflow.experiment, name, {}, tags, resume_by)
             self.parent = MlflowSink(spec)
 
@@ -79,19 +79,20 @@ class Sweep:
             self._end_children(status)
         end_the_unended()
         files = [str(p) for p in [path, *pictures]]
-        best = _best(summary)
-        if self.study is not None:  # the parent of every trial the study has: its counts
-            best["tags"] |= self._study_tags()
+        # A study's parent holds every trial the study has: its counts and best are the
+        # study's, not this run's.
+        best = _best(summary) if self.study is None else self._study_record()
         self.parent.close(Ending(status, files=files, **best))
 
-    def _study_tags(self) -> dict[str, str]:
-        from runner.search import study_tags
+    def _study_record(self) -> dict[str, Any]:
+        from runner.search import study_record
 
         try:
-            return study_tags(self.study)
+            tags, metrics = study_record(self.study)
         except Exception as err:  # the trials are in MLflow either way
             log.warning(f"runner: warning: the study's counts not tagged ({err})")
             return {}
+        return {"tags": tags, "metrics": metrics}
 
     def _end_children(self, status: str) -> None:
         uri = self.parent.uri

@@ -69,6 +69,8 @@ BAD_INPUTS: list[tuple[str, ...]] = [
     ("-m", "search=optuna_lr", "hydra.sweeper.sampler.name=cmaes"),
     ("-m", "search=optuna_lr", "+hydra.sweeper.pruner.bogus=1"),
     ("-m", "search=optuna_lr", "hydra.sweeper.storage=optuna.db"),
+    ("-m", "search=optuna_lr", "hydra.sweeper.storage=sqlite:///nodir/study.db"),
+    ("-m", "search=optuna_lr", "hydra.sweeper.storage=postgresql://alice:S3cr3t@db/optuna"),
     ("-m", "search=optuna_lr", "hydra.sweeper.sampler._target_=os.system"),
 ]
 SHOWN = {"mlflow.experiment=" + "e" * 501: "mlflow.experiment=eee...(501 e)"}

@@ -240,7 +240,7 @@ def test_an_optuna_search_runs_its_trials_as_ray_tasks_that_report_to_the_study(
     assert done.returncode == 0, done.stderr[-3000:]
     study = optuna.load_study(study_name="ray", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    for trial in study.trials:  # every 3rd epoch: ten reports a trial, from a Ray worker
+    for trial in study.trials:  # every 3rd epoch (a tenth of 30), from a Ray worker
         assert sorted(trial.intermediate_values) == list(range(2, 29, 3))  # (not the last)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     kids = children(client, sweep_parent(client, sweep_dir))

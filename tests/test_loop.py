@@ -319,10 +319,11 @@ def test_a_trial_its_pruner_stops_ends_at_that_chunk_and_the_others_go_on() -> N
 
     members = [member_of(s, j, c, histories[j].append) for j, c in enumerate(confs)]
     members[1] = dataclasses.replace(members[1], report=prune_at_14)
-    members[2] = dataclasses.replace(members[2], skip=Outcome(How.pruned, 0, 0, "stability"))
+    skipped = Outcome(How.pruned, epochs=0, detail="stability")
+    members[2] = dataclasses.replace(members[2], skip=skipped)
     outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=5)
     assert outcomes[1] == Outcome(How.pruned, 15, 14)
-    assert outcomes[2] == Outcome(How.pruned, 0, 0, "stability") and not histories[2]
+    assert outcomes[2] == skipped and not histories[2]
     pruned, alone = pd.concat(histories[1]), pd.concat(histories[0])
     assert outcomes[0].how == How.finished and len(alone) == 30
     # the pruned member's rows are the first 15 of the same run trained to the end
@@ -337,7 +338,7 @@ def test_a_batch_whose_members_are_all_skipped_does_not_train() -> None:
     (conf,) = [make_config("experiment=seed_002")]
     s = build([conf], None)
     before = s.model.stacked("a").clone()
-    skipped = Outcome(How.pruned, 0, 0, "stability")
+    skipped = Outcome(How.pruned, epochs=0, detail="stability")
     member = dataclasses.replace(member_of(s, 0, conf, lambda chunk: None), skip=skipped)
     assert train(s.model, s.loss_fn, [member], s.x, s.y) == [skipped]
     assert torch.equal(s.model.stacked("a"), before)

@@ -171,7 +171,11 @@ def test_final_loss_against_lr_marks_a_search_s_pruned_trials_apart() -> None:
     })  # fmt: skip
     (ax,) = draw_final_loss_vs_lr(summary, start_loss=2.4).axes
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["finished", "pruned (drawn at the start)", "stability limit 2/λmax = 0.18"]
+    assert labels == [
+        "finished",
+        "pruned (no final loss: drawn at the top)",
+        "stability limit 2/λmax = 0.18",
+    ]
     finished, pruned, _ = ax.get_lines()
     assert finished.get_xdata().tolist() == [0.05]
     assert pruned.get_xdata().tolist() == [0.0001, 0.3]

@@ -22,7 +22,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from support import all_runs, children, run_cli, runner_env, store, sweep_parent
 
-from runner import search
+from hydra_plugins.runner_optuna import OptunaSweeper
+from runner import gate, search
 from runner.config import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -102,6 +103,24 @@ def test_a_study_is_stored_beside_the_mlflow_store_and_named_after_the_command(
     assert served.storage == f"sqlite:///{tmp_path / 'optuna.db'}"
 
 
+def test_the_gate_finds_the_study_the_sweeper_would_find(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(search.STUDY_VARIABLE, raising=False)
+    argv = ["search=optuna_lr", "optimizer=choice(sgd,adam)", "epochs=40",
+            "hydra.sweeper.n_trials=3", "progress=false"]  # fmt: skip
+    plan = gate.check(["-m", *argv], reserve=False)
+    name = "epochs=40 lr=tag(log, interval(1e-4, 1.0)) optimizer=choice(sgd,adam) search=optuna_lr"
+    assert plan.study == search.Study(f"sqlite:///{tmp_path / 'optuna.db'}", name, 4,
+                                      {"name": "median"})  # fmt: skip
+    cfg = gate.compose_checked([a for a in argv if "choice" not in a], {})
+    settings = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    sweeper = OptunaSweeper(**{k: v for k, v in settings.items() if k != "_target_"})
+    sweeper.config = cfg
+    assert sweeper.study([a for a in argv if not a.startswith("hydra.")]) == plan.study
+
+
 def test_given_names_and_storages_are_kept_and_relative_paths_made_absolute(
     tmp_path: Path,
 ) -> None:
@@ -167,23 +186,37 @@ def test_a_trial_reports_to_its_study_and_the_median_pruner_stops_a_bad_one(
 ) -> None:
     place, study = _study(tmp_path, {"name": "median", "n_startup_trials": 2})
     space = {"lr": FloatDistribution(0.01, 1)}
-    for loss in (1.0, 2.0):  # two finished trials, reporting at epochs 9 and 19
+    for loss in (1.0, 2.0):  # two finished trials, reporting every 10 epochs
         trial = study.ask(space)
-        report = search.Reporter(place, trial.number)
-        assert not report(9, loss) and not report(19, loss / 2)
+        report = search.Reporter(place, trial.number, every=10, run_id=f"run{loss}")
+        assert not report(4, loss) and not report(9, loss) and not report(19, loss / 2)
         study.tell(trial, loss / 4)
+    assert study.trials[0].intermediate_values == {9: 1.0, 19: 0.5}  # (not epoch 4)
+    assert study.trials[0].user_attrs["mlflow_run_id"] == "run1.0"
     good, bad = study.ask(space), study.ask(space)
-    assert not search.Reporter(place, good.number)(9, 0.5)
-    assert search.Reporter(place, bad.number)(9, 5.0)  # worse than the median at epoch 9
+    assert not search.Reporter(place, good.number, 10, None)(9, 0.5)
+    assert search.Reporter(place, bad.number, 10, None)(9, 5.0)  # above the median at epoch 9
     assert study.trials[bad.number].intermediate_values == {9: 5.0}
 
 
-def test_report_every_defaults_to_ten_reports_a_trial_and_one_a_chunk() -> None:
-    study = search.Study("sqlite:///x.db", "s")
-    assert search.report_every(study, epochs=50, chunk=1000) == 5
-    assert search.report_every(study, epochs=5, chunk=1000) == 1
-    assert search.report_every(study, epochs=100_000, chunk=1000) == 1000
-    assert search.report_every(search.Study("sqlite:///x.db", "s", 7), 50, 1000) == 7
+def test_a_study_that_cannot_be_reached_costs_a_trial_its_pruning_not_its_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    place, study = _study(tmp_path)
+    trial = study.ask({"lr": FloatDistribution(0.01, 1)})
+    missing = search.Reporter(place, trial.number + 5, every=1, run_id=None)  # no such trial
+    assert not missing(0, 1.0) and "will not be pruned" in caplog.text
+    report = search.Reporter(place, trial.number, every=1, run_id=None)
+    study.tell(trial, 1.0)  # told already: Optuna refuses its reports
+    assert not report(0, 1.0) and not report(1, 1.0)
+
+
+def test_every_trial_of_a_study_reports_at_the_same_epochs_and_a_chunk_ends_at_each() -> None:
+    study = search.Study("sqlite:///x.db", "s", report_every=5)
+    assert search.reporting(study, epochs=50, chunk=1000) == (5, 5)
+    assert search.reporting(study, epochs=7, chunk=1000) == (5, 5)  # (whatever its epochs)
+    assert search.reporting(search.Study("s", "s", 2500), 10**6, chunk=1000) == (2500, 625)
+    assert search.reporting(search.Study("s", "s"), epochs=50, chunk=1000) == (5, 5)
 
 
 # --- the sweeper on Hydra's own test app (tests of Hydra's Optuna sweeper, ported) ---------
@@ -308,8 +341,14 @@ def test_a_search_resumed_with_more_trials_is_one_study_with_one_mlflow_parent(
     # the second sweep's summary lists its own 4 trials, the study's best is tagged
     summary = pd.read_csv(sweep_dirs[1] / "summary.csv")
     assert sorted(summary["job"]) == [8, 9, 10, 11]
+    # the parent holds the whole study: its best trial, that trial's run and value
     best = study.best_trial
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
+    (best_run,) = [r for r in children(client, parent.info.run_id)
+                   if r.data.tags["hydra.output_dir"].endswith(f"/{best.number}")]  # fmt: skip
+    assert parent.data.tags["best_run_id"] == best_run.info.run_id
+    assert parent.data.metrics["best_final_loss"] == best.value
+    assert "jobs.finished" not in parent.data.tags  # (one run's counts are not the study's)
 
 
 @pytest.mark.slow
@@ -326,8 +365,11 @@ def test_a_search_over_unstable_rates_prunes_by_the_maths_and_by_the_median(
                    cwd=tmp_path, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     study = _study_of(tmp_path)
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    summary = pd.read_csv(sweep_dir / "summary.csv").set_index("job")
+    (limit,) = summary["stable_lr_max"].unique()  # 2/λmax of seed 002's data: 0.1803
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    unstable = {t.number for t in study.trials if t.params["lr"] >= 0.1803}
+    unstable = {t.number for t in study.trials if t.params["lr"] >= limit}
     by_maths = {t.number for t in pruned if not t.intermediate_values}
     by_median = {t.number for t in pruned if t.intermediate_values}
     assert by_maths and by_maths == unstable
@@ -335,10 +377,8 @@ def test_a_search_over_unstable_rates_prunes_by_the_maths_and_by_the_median(
     for t in study.trials:  # every trial that trained reported at its report epochs
         if t.number not in unstable:
             assert set(t.intermediate_values) <= set(range(4, 40, 5))
-    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
-    summary = pd.read_csv(sweep_dir / "summary.csv").set_index("job")
     assert set(summary.index[summary["status"] == "PRUNED"]) == by_maths | by_median
-    assert (summary.loc[sorted(by_maths), "pruned_at_epoch"] == 0).all()
+    assert summary.loc[sorted(by_maths), "pruned_at_epoch"].isna().all()  # before epoch 0
     for number in by_median:
         reports = study.trials[number].intermediate_values
         assert summary.loc[number, "pruned_at_epoch"] == max(reports)
@@ -412,7 +452,7 @@ def test_a_killed_search_s_stale_trial_is_failed_when_it_is_resumed(tmp_path: Pa
 @pytest.mark.slow
 def test_trials_in_joblib_workers_report_to_the_study(tmp_path: Path) -> None:
     """Rounds of 2 trials in two joblib worker processes: each trial reports its loss to
-    the stored study from its worker, every 4th epoch (ten reports a trial)."""
+    the stored study from its worker, every 4th epoch (a tenth of its 40)."""
     done = run_cli("-m", "search=optuna", "lr=tag(log,interval(1e-3,0.1))", "epochs=40",
                    "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
                    "hydra.sweeper.n_trials=4", cwd=tmp_path, timeout=300)  # fmt: skip

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.runner_sweeper import LaunchingSweeper, slim
 from runner import search
+from runner.store import redact
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.runner_optuna.OptunaSweeper"
-    direction: str = "minimize"  # or maximize
     n_trials: int = 20  # trials this run adds to the study
     n_jobs: int = 1  # trials asked, launched and trained together per round
     study_name: str | None = None  # null: named after the command line
     storage: str | None = None  # null: optuna.db beside the MLflow store; journal:PATH
-    report_every: int | None = None  # epochs between a trial's reports; null: ten a trial
+    report_every: int | None = None  # epochs between reports; null: a tenth of `epochs`
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     params: dict[str, str] = field(default_factory=dict)  # key -> search space, as typed
@@ -60,12 +60,7 @@ class OptunaSweeper(LaunchingSweeper):
         s = self.settings
         params = [f"{k}={v}" for k, v in s.params.items()]
         space, fixed = search.search_space([*params, *arguments])  # (the command line's wins)
-        # The runner's command line found the study already (its parent run is the
-        # study's); Hydra's own test apps come without one.
-        cwd = Path(self.config.hydra.runtime.cwd)
-        place = search.Study.from_env() or search.locate(
-            OmegaConf.structured(s), [*params, *arguments], cwd, self._tracking_uri()
-        )
+        place = self.study(arguments)
         study = self._open(place)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -73,12 +68,20 @@ class OptunaSweeper(LaunchingSweeper):
         returns: list[Sequence[JobReturn]] = []
         with _environment(search.STUDY_VARIABLE, place.to_env()):  # each trial reports there
             for first in range(0, s.n_trials, s.n_jobs):
-                trials = [study.ask(space) for _ in range(min(s.n_jobs, s.n_trials - first))]
-                for trial in trials:
-                    search.mark_running(trial)
+                trials = [_asked(study, space) for _ in range(min(s.n_jobs, s.n_trials - first))]
                 returns.append(self._run(study, trials, fixed))
         _save_results(study, sweep_dir)
         return returns
+
+    def study(self, arguments: list[str]) -> search.Study:
+        """Where the study is: as the runner's command line found it (the study's MLflow
+        parent run is opened by then), else - Hydra's own test apps - found the same way."""
+        s = self.settings
+        params = [f"{k}={v}" for k, v in s.params.items()]
+        return search.Study.from_env() or search.locate(
+            OmegaConf.structured(s), [*params, *arguments], Path(self.config.hydra.runtime.cwd),
+            self._tracking_uri(), self.config.get("epochs"),
+        )  # fmt: skip
 
     def _open(self, place: search.Study) -> Any:
         """The study, created or continued; its stale trials failed."""
@@ -87,20 +90,22 @@ class OptunaSweeper(LaunchingSweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         s = self.settings
         storage = search.open_storage(place.storage)
+        # The objective is the final loss: always minimized.
         created = optuna.create_study(study_name=place.name, storage=storage,
-                                      direction=s.direction, load_if_exists=True)  # fmt: skip
+                                      direction="minimize", load_if_exists=True)  # fmt: skip
         before = len(created.trials)
-        # A resumed search's sampler draws on from where the last one stopped, not again
-        # from the same seed (it would ask for the same trials).
+        # A resumed search's random sampler draws on from where the last one stopped, not
+        # again from the same seed (it would ask for the same trials); QMC's sequence goes on
+        # by itself (it skips the trials the study has).
         sampler = dict(s.sampler)
-        if sampler.get("seed") is not None:
+        if sampler.get("seed") is not None and sampler["name"] in ("tpe", "random"):
             sampler["seed"] = int(sampler["seed"]) + before
         study = optuna.load_study(study_name=place.name, storage=storage,
                                   sampler=search.sampler(sampler),
                                   pruner=search.pruner(dict(s.pruner)))  # fmt: skip
         if stale := search.fail_stale(study):
             log.info(f"Failed trials {stale}: RUNNING when their search was killed")
-        log.info(f"Study '{place.name}' in {place.storage}: {before} trials so far, "
+        log.info(f"Study '{place.name}' in {redact(place.storage)}: {before} trials so far, "
                  f"{s.n_trials} more")  # fmt: skip
         return study
 
@@ -109,18 +114,18 @@ class OptunaSweeper(LaunchingSweeper):
         from optuna.trial import TrialState
 
         results: list[JobReturn] = []
-        told = 0
         try:
             for run in _consecutive(trials):
                 jobs = [[*fixed, *(search.override(k, v) for k, v in t.params.items())]
                         for t in run]  # fmt: skip
                 results += self.launcher.launch(jobs, initial_job_idx=run[0].number)
-            for trial, result in zip(trials, results, strict=True):
-                _tell(study, trial, result)
-                told += 1
+            errors = [_tell(study, t, r) for t, r in zip(trials, results, strict=True)]
         finally:  # a stopped search leaves no trial RUNNING
-            for trial in trials[told:]:
+            for trial in trials:
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        for error in errors:  # every trial told first; then the search stops, as Hydra's do
+            if error is not None:
+                raise error
         return [slim(r) for r in results]
 
     def _tracking_uri(self) -> str | None:
@@ -133,16 +138,23 @@ class OptunaSweeper(LaunchingSweeper):
         return mlflow.get("tracking_uri") or default_tracking_uri(cwd)
 
 
-def _tell(study: Any, trial: Any, result: JobReturn) -> None:
-    """Tell Optuna how a trial ended; a trial whose job raised fails, and the search stops
-    with the job's error, as Hydra's sweepers do."""
+def _asked(study: Any, space: dict[str, Any]) -> Any:
+    """A new trial, marked at once with the process that runs it (runner/search.py)."""
+    trial = study.ask(space)
+    search.mark_running(trial)
+    return trial
+
+
+def _tell(study: Any, trial: Any, result: JobReturn) -> BaseException | None:
+    """Tell Optuna how a trial ended; a trial whose job raised fails, and its error is
+    returned."""
     from optuna.trial import TrialState
 
     try:
         value = result.return_value
-    except BaseException:
+    except BaseException as err:
         study.tell(trial, state=TrialState.FAIL)
-        raise
+        return err
     if isinstance(value, search.Pruned):
         study.tell(trial, state=TrialState.PRUNED)
     elif isinstance(value, int | float) and not math.isnan(value):
@@ -150,6 +162,7 @@ def _tell(study: Any, trial: Any, result: JobReturn) -> None:
     else:
         log.warning(f"Trial {trial.number} returned {value!r}, not a number: FAIL")
         study.tell(trial, state=TrialState.FAIL)
+    return None
 
 
 @contextlib.contextmanager

@@ -14,7 +14,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
 from omegaconf import DictConfig, OmegaConf
 from support import children, run_cli, store, sweep_parent
 
@@ -50,6 +54,19 @@ class TestBatchedLauncherTogether(LauncherTestSuite):
 @pytest.mark.slow
 @pytest.mark.parametrize("task_launcher_cfg, extra_flags", [({}, ["-m", "hydra/launcher=batched"])])
 class TestBatchedLauncherIntegration(IntegrationTestSuite):
+    pass
+
+
+# Hydra's suite for sweepers that launch in batches, against the runner's grid sweeper
+# (hydra_plugins/runner_sweeper): 6 jobs in batches of 2, in order, each a whole job.
+# (The suite extends its `overrides`: a list of its own for each case.)
+GRID = ["hydra.sweeper._target_=hydra_plugins.runner_sweeper.GridSweeper",
+        "hydra.sweeper.max_batch_size=2"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher_name, overrides", [("basic", [*GRID]), ("batched", [*GRID])])
+class TestGridSweeperBatches(BatchedSweeperTestSuite):
     pass
 
 

@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.test_utils.test_utils import TSweepRunner
+from hydra.test_utils.test_utils import TSweepRunner, verify_dir_outputs
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -260,7 +260,7 @@ def test_rounds_of_trials_are_whole_hydra_jobs_numbered_as_their_trials(
     overrides = ["hydra/sweeper=optuna", "hydra/launcher=basic", "hydra.sweeper.n_jobs=2",
                  f"hydra.sweeper.storage={storage}", "group1=choice(file1,file2)",
                  "bar=choice(100,200,300)", "hydra.sweeper.sampler.seed=1",
-                 "hydra.job.chdir=false"]  # fmt: skip
+                 "hydra.job.chdir=true"]  # fmt: skip
 
     def task(cfg: object) -> float:
         return float(cfg.foo + cfg.bar)  # type: ignore[attr-defined]
@@ -276,10 +276,13 @@ def test_rounds_of_trials_are_whole_hydra_jobs_numbered_as_their_trials(
             assert sweep.returns is not None
             first = 0 if directory == "first" else 6  # job numbers go on from the study's
             flat = [r for batch in sweep.returns for r in batch]
-            for number, job in enumerate(flat, start=first):  # (returns kept without configs)
-                _verify_job_dir(tmp_path / directory / str(number), job.overrides)
-                group = {"group1=file1": 10, "group1=file2": 20}[job.overrides[0]]
-                assert job.return_value == group + int(job.overrides[1].split("=")[1])
+            for number, job in enumerate(flat, start=first):
+                verify_dir_outputs(job, job.overrides)  # Hydra's own check of a job's files
+                assert Path(job.working_dir) == tmp_path / directory / str(number)
+                assert job.hydra_cfg.hydra.job.num == number
+                foo = {"group1=file1": 10, "group1=file2": 20}[job.overrides[0]]
+                bar = int(job.overrides[1].split("=")[1])
+                assert job.cfg == {"foo": foo, "bar": bar} and job.return_value == foo + bar
             return [len(batch) for batch in sweep.returns]
 
     assert searched(6, "first") == [2, 2, 2]
@@ -288,16 +291,6 @@ def test_rounds_of_trials_are_whole_hydra_jobs_numbered_as_their_trials(
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert len(study.trials) == 8
     assert study.best_value == min(t.value for t in study.trials)
-
-
-def _verify_job_dir(job_dir: Path, overrides: list[str]) -> None:
-    """What Hydra's verify_dir_outputs checks, from the job's directory."""
-    hydra_dir = job_dir / ".hydra"
-    assert OmegaConf.load(hydra_dir / "overrides.yaml") == overrides
-    config = OmegaConf.load(hydra_dir / "config.yaml")
-    assert config.bar == int(overrides[1].split("=")[1])
-    assert config.foo == {"group1=file1": 10, "group1=file2": 20}[overrides[0]]
-    assert OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.num == int(job_dir.name)
 
 
 # --- whole searches, with the real command --------------------------------------------------

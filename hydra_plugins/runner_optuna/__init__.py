@@ -27,7 +27,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
-from hydra_plugins.runner_sweeper import LaunchingSweeper, slim
+from hydra_plugins.runner_sweeper import LaunchingSweeper, kept
 from runner import search
 from runner.store import redact
 
@@ -126,7 +126,7 @@ class OptunaSweeper(LaunchingSweeper):
         for error in errors:  # every trial told first; then the search stops, as Hydra's do
             if error is not None:
                 raise error
-        return [slim(r) for r in results]
+        return kept(results, self.settings.n_trials)
 
     def _tracking_uri(self) -> str | None:
         mlflow = self.config.get("mlflow")

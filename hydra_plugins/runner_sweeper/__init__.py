@@ -52,16 +52,23 @@ class GridSweeper(LaunchingSweeper):
             results = self.launcher.launch(jobs[first : first + size], initial_job_idx=first)
             for r in results:
                 _ = r.return_value  # a job that raised raises here, as in Hydra's sweepers
-            # Kept without the jobs' configs, so a sweep of 10,000 jobs holds about
-            # max_batch_size of them at a time.
-            returns.append([slim(r) for r in results])
+            returns.append(kept(results, len(jobs)))
         return returns
 
 
-def slim(r: JobReturn) -> JobReturn:
-    """A job's return without its configs (a long sweep keeps thousands of them)."""
-    return JobReturn(overrides=r.overrides, working_dir=r.working_dir, task_name=r.task_name,
-                     status=r.status, _return_value=r._return_value)  # fmt: skip
+# Up to this many jobs, a sweep's returns keep their configs, as Hydra's sweepers give them;
+# a longer sweep keeps them without, so that a sweep of 10,000 jobs holds about a batch of
+# configs at a time.
+KEEP_CONFIGS = 1_000
+
+
+def kept(results: Sequence[JobReturn], jobs: int) -> list[JobReturn]:
+    """A batch's returns, as kept by a sweep of `jobs` jobs."""
+    if jobs <= KEEP_CONFIGS:
+        return list(results)
+    return [JobReturn(overrides=r.overrides, working_dir=r.working_dir, task_name=r.task_name,
+                      status=r.status, _return_value=r._return_value)
+            for r in results]  # fmt: skip
 
 
 def grid(arguments: list[str]) -> list[list[str]]:

@@ -29,7 +29,7 @@ import torch
 
 from runner.losses import Loss
 from runner.minibatch import MiniBatches
-from runner.model import Features, Linear, joined
+from runner.model import Features, Linear
 from runner.optimizers import Optimizer
 from runner.schedules import Schedule
 
@@ -179,9 +179,9 @@ def train(
     if not active:
         return outcomes  # type: ignore[return-value]
     longest = max(members[j].epochs for j in active)
+    length = min(chunk, longest)  # of a chunk
     # [epoch in chunk, member, column]: one small device-side kernel fills an epoch's slot.
-    rows = torch.empty((min(chunk, longest), len(members), len(columns) - 1), dtype=x.dtype,
-                       device=x.device)  # fmt: skip
+    rows = torch.empty((length, len(members), len(columns) - 1), dtype=x.dtype, device=x.device)
     slots = rows.unbind(0)
     watches = [Watch() for _ in members]
     first, recorded = 0, 0  # epoch of rows[0]; rows filled since
@@ -200,13 +200,12 @@ def train(
                 return outcomes  # type: ignore[return-value]
             epochs.run(slots[recorded])
             recorded += 1
-            for j in active:
-                if (schedule := members[j].schedule) is not None:
-                    lrs[j].append(schedule.lr)  # the lr this step used
-                    schedule.step()  # once per epoch, after the optimizer (as torch wants)
+            for j, schedule in epochs.schedules:
+                lrs[j].append(schedule.lr)  # the lr this step used
+                schedule.step()  # once per epoch, after the optimizer (as torch wants)
             # Chunks end at multiples of their length, whatever ended before: a search's
             # trials report at the same epochs in any batch (runner/search.py).
-            if (epoch + 1) % len(rows) == 0 or epoch in ends:
+            if (epoch + 1) % length == 0 or epoch in ends:
                 # A member's last chunk brings the final parameters along: one sync, not two.
                 final = torch.cat([model.stacked(n).detach() for n in names], dim=-1)
                 values, finals = _to_host(rows[:recorded], final)
@@ -225,6 +224,7 @@ def train(
                         del active[j]
                 if not active:
                     break
+                epochs.keep(active)
     except KeyboardInterrupt:
         _hand_over(rows[:recorded], first, columns, members, active, lrs)  # unfinished chunk
         raise
@@ -251,21 +251,25 @@ class _Epochs:
         self.features = tuple(self.x)
         self.val_features = tuple(self.val[0]) if self.val is not None else ()
         self.ones = torch.ones(len(self.members), 1, dtype=self.x.dtype, device=self.x.device)
+        self.keep(self.active)
+        # One epoch; fills its row of the history ([members, columns]).
+        self.run = self._full_batch if self.batches is None else self._minibatches
 
-    def run(self, slot: torch.Tensor) -> None:
-        """One epoch; fills its row of the history ([members, columns])."""
-        if self.batches is None:
-            self._full_batch(slot)
-        else:
-            self._minibatches(slot)
+    def keep(self, active: dict) -> None:
+        """Train only the `active` members from now on. Their optimizers and schedules are
+        listed once here, not looked up every epoch."""
+        self.active = active
+        members = [self.members[j] for j in active]
+        self.zeroing = [m.optimizer for m in members if m.zero_grad]
+        self.optimizers = [m.optimizer for m in members]
+        self.schedules = [(j, self.members[j].schedule) for j in active
+                          if self.members[j].schedule is not None]  # fmt: skip
 
     def _full_batch(self, slot: torch.Tensor) -> None:
         """One step on the whole data."""
         y_hat, loss = self._backward(self.features, self.y)
         with torch.no_grad():  # every value a column [members, 1]: one cat fills the row
-            row = [loss, *self._val_loss()]  # (at the parameters of `loss`)
-            row += [self.model.values[n] for n in self.names]
-            row += self._grads()
+            row = [loss, *self._val_loss(), *self.model.values.values(), *self.model.grads()]
             if self.checking:
                 row.append(_grad_error(y_hat - self.y, self.features, row[-len(self.names) :]))
             torch.cat(row, dim=-1, out=slot)  # a copy of the parameters, before step()
@@ -275,7 +279,7 @@ class _Epochs:
         """One step per mini-batch; the row starts at the parameters the epoch starts from."""
         with torch.no_grad():
             head = [self.loss_fn(self.model(self.features), self.y), *self._val_loss()]
-            head += [self.model.values[n] for n in self.names]
+            head += self.model.values.values()
             slot[:, : len(head)] = torch.cat(head, dim=-1)  # a copy: the steps change them
         total = torch.zeros_like(self.ones)
         width = 1 + len(self.names)  # a logged step: its loss and parameters
@@ -288,11 +292,11 @@ class _Epochs:
             with torch.no_grad():
                 total += loss
                 if logged is not None:  # before the step changes the parameters
-                    step = [loss, *(self.model.values[n] for n in self.names)]
+                    step = [loss, *self.model.values.values()]
                     logged[:, s * width : (s + 1) * width] = torch.cat(step, dim=-1)
             self._step()
         with torch.no_grad():
-            tail = [*self._grads(), total / self.batches.steps]  # the last step's gradient
+            tail = [*self.model.grads(), total / self.batches.steps]  # the last step's gradient
             if self.checking:
                 tail.append(_grad_error(y_hat - yb, xb, tail[: len(self.names)]))
             slot[:, len(head) : len(head) + len(tail)] = torch.cat(tail, dim=-1)
@@ -300,26 +304,22 @@ class _Epochs:
     def _backward(self, x: Features, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y_hat = self.model(x)
         loss = self.loss_fn(y_hat, y)  # one loss per member
-        for j in self.active:
-            if self.members[j].zero_grad:
-                self.members[j].optimizer.zero_grad()
+        for optimizer in self.zeroing:
+            optimizer.zero_grad()
         # Each member's loss depends on its own parameters only: backward from a 1 per member
         # (the gradient of their sum) gives every member its own gradient.
         loss.backward(self.ones)
         return y_hat, loss
 
     def _step(self) -> None:
-        for j in self.active:
-            self.members[j].optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.step()
 
     def _val_loss(self) -> list[torch.Tensor]:
+        """The loss on the validation points, for a row (under no_grad)."""
         if self.val is None:
             return []
-        with torch.no_grad():
-            return [self.loss_fn(self.model(self.val_features), self.val[1])]
-
-    def _grads(self) -> list[torch.Tensor]:
-        return [joined([p.grad for p in self.model.by_name[n]]) for n in self.names]
+        return [self.loss_fn(self.model(self.val_features), self.val[1])]
 
 
 def _after_chunk(

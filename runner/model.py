@@ -20,33 +20,45 @@ from runner.data import weight_names
 Features = torch.Tensor | Sequence[torch.Tensor]  # x, or its rows: one per feature
 
 
-class Linear(torch.nn.Module):
+class Linear:
+    """The members' parameters and their forward pass.
+
+    Not a torch.nn.Module: each member's parameters are leaves of their own, stepped by the
+    member's own optimizer, and nothing here needs a Module's hooks or state dict, whose
+    attribute handling and call would cost about a tenth of an epoch of this model.
+    """
+
     def __init__(self, weights: dict[str, torch.Tensor], b: torch.Tensor | None) -> None:
         """weights (a, or w1..wk) and b: one value per member, shape [members]."""
-        super().__init__()
-        self.w = torch.nn.ModuleDict({n: torch.nn.ParameterList(_one_each(v))
-                                         for n, v in weights.items()})  # fmt: skip
-        self.b = None if b is None else torch.nn.ParameterList(_one_each(b))
-        # Plain lists of the same tensors: ParameterList's indexing costs a lookup each time.
-        self.by_name = {n: list(params) for n, params in self.w.items()}
-        if self.b is not None:
-            self.by_name["b"] = list(self.b)
+        self.by_name = {n: _one_each(v) for n, v in weights.items()}  # name -> one per member
+        if b is not None:
+            self.by_name["b"] = _one_each(b)
         self.weights = list(weights)
+        self.bias = b is not None
+        # A batch of one joins nothing: its values are its parameters, once and for all.
+        self.alone = len(self.by_name[self.weights[0]]) == 1
+        self.values = {n: params[0] for n, params in self.by_name.items()} if self.alone else {}
 
-    def forward(self, x: Features) -> torch.Tensor:
+    def __call__(self, x: Features) -> torch.Tensor:
         """x: [features, points] (or [features, members, points]), or the tuple of its rows
         -> predictions [members, points]. The joined parameters stay in `values` for the
         loop to record (before the step changes them)."""
-        self.values = {name: joined(params) for name, params in self.by_name.items()}
+        if not self.alone:
+            self.values = {name: torch.cat(params) for name, params in self.by_name.items()}
+        values = self.values
         first, *others = self.weights
-        y = self.values[first] * x[0]  # one feature: a * x, the notebooks' numbers
+        y = values[first] * x[0]  # one feature: a * x, the notebooks' numbers
         for i, name in enumerate(others, start=1):
-            y = y + self.values[name] * x[i]
-        return y if self.b is None else y + self.values["b"]
+            y = y + values[name] * x[i]
+        return y + values["b"] if self.bias else y
 
     def stacked(self, name: str) -> torch.Tensor:
         """Parameter `name` of every member, shape [members, 1] (autograd flows back to each)."""
         return joined(self.by_name[name])
+
+    def grads(self) -> list[torch.Tensor]:
+        """Each parameter's gradient for every member, [members, 1] each, in `names` order."""
+        return [joined([p.grad for p in params]) for params in self.by_name.values()]
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.by_name)

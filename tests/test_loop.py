@@ -43,7 +43,7 @@ def test_seed_000_one_step_of_theta(loss: str, optimizer: str) -> None:
     assert hist.loc[0, "loss"] == 1.0
     assert hist.loc[0, "grad_a"] == -4.0
     assert hist.loc[0, "a"] == 1.0
-    assert s.model.w["a"][0].item() == np.float32(1.4)
+    assert s.model.by_name["a"][0].item() == np.float32(1.4)
 
 
 def test_seed_002_first_step() -> None:
@@ -124,7 +124,7 @@ def _fresh_gradient(a: float, b: float, x: torch.Tensor, y: torch.Tensor) -> np.
         {"a": torch.tensor([a], dtype=torch.float32)}, torch.tensor([b], dtype=torch.float32)
     )
     ((model(x) - y) ** 2).mean().backward()
-    return np.array([model.w["a"][0].grad.item(), model.b[0].grad.item()], dtype=np.float32)
+    return np.array([p.grad.item() for p in model.member(0)], dtype=np.float32)
 
 
 @pytest.mark.parametrize("optimizer", ["manual", "sgd"])
@@ -153,7 +153,7 @@ def test_default_zero_grad_records_fresh_gradients(optimizer: str) -> None:
 def test_chunks_cover_every_epoch_once(epochs: int, chunk: int) -> None:
     model = Linear({"a": torch.tensor([1.0])}, torch.tensor([1.0]))
     x, y = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([1.0, 1.5, 2.0])  # x: [features, points]
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = torch.optim.SGD(model.member(0), lr=0.05)
     chunks: list[pd.DataFrame] = []
     (outcome,) = train(model, manual_mse, [Member(opt, epochs, chunks.append)], x, y, chunk)
     assert outcome.how == How.finished and outcome.epochs == epochs
@@ -165,8 +165,8 @@ def test_final_parameters_are_after_the_last_step() -> None:
     hist, s = train_history("experiment=seed_002", "epochs=3")
     a2, b2, ga, gb = hist.loc[2, ["a", "b", "grad_a", "grad_b"]].to_numpy(dtype=np.float32)
     lr = np.float32(0.05)
-    assert s.model.w["a"][0].item() == a2 - lr * ga
-    assert s.model.b[0].item() == b2 - lr * gb
+    assert s.model.by_name["a"][0].item() == a2 - lr * ga
+    assert s.model.by_name["b"][0].item() == b2 - lr * gb
 
 
 @pytest.mark.parametrize("chunk", [5, 1000])
@@ -197,7 +197,7 @@ def test_tolerance_stops_at_the_first_small_change_with_exact_parameters(chunk: 
     assert outcome.how == How.converged and outcome.at_epoch == k
     pd.testing.assert_frame_equal(kept, full.iloc[: k + 1])
     # The model holds the parameters after step k, as if it had stopped right there.
-    assert (s.model.w["a"][0].item(), s.model.b[0].item()) == tuple(full.loc[k + 1, ["a", "b"]])
+    assert tuple(p.item() for p in s.model.member(0)) == tuple(full.loc[k + 1, ["a", "b"]])
 
 
 def test_a_stop_request_ends_at_an_epoch_boundary_with_every_row() -> None:

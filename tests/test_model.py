@@ -13,7 +13,7 @@ from runner.run import build
 def test_random_init_follows_the_seed() -> None:
     def start(seed: int) -> tuple[float, float]:
         m = build([make_config("model.init=random", f"seed={seed}")], None).model
-        return m.w["a"][0].item(), m.b[0].item()
+        return m.by_name["a"][0].item(), m.by_name["b"][0].item()
 
     assert start(1) == start(1) != start(2)
     torch.manual_seed(1)

@@ -68,7 +68,7 @@ def test_the_gradient_check_covers_every_weight() -> None:
     assert hist["grad_check"].max() < 1e-5  # float32 rounding, nothing more
     conf = make_config(*settings)
     s = build([conf], None)
-    s.model.w["w3"][0].register_hook(lambda g: 2 * g)  # autograd now wrong for w3 alone
+    s.model.by_name["w3"][0].register_hook(lambda g: 2 * g)  # autograd now wrong for w3 alone
     _, outcome = train_setup(s, conf)
     assert outcome.how == How.grad_check_failed and outcome.at_epoch == 0
 

@@ -23,14 +23,14 @@ pytestmark = [
 def test_cuda_matches_the_cpu() -> None:
     cpu, _ = train_history("experiment=seed_002", "optimizer=sgd")
     gpu, s = train_history("experiment=seed_002", "optimizer=sgd", "device=cuda")
-    assert s.x.device.type == "cuda" and s.model.w["a"][0].device.type == "cuda"
+    assert s.x.device.type == "cuda" and s.model.by_name["a"][0].device.type == "cuda"
     # The GPU may fuse a multiply and an add: equal to float32 rounding, not bit for bit.
     np.testing.assert_allclose(gpu.to_numpy(), cpu.to_numpy(), rtol=2e-5, atol=1e-7)
 
 
 def test_auto_picks_the_gpu() -> None:
     s = build([make_config("device=auto")], None)
-    assert s.x.device.type == s.y.device.type == s.model.w["a"][0].device.type == "cuda"
+    assert s.x.device.type == s.y.device.type == s.model.by_name["a"][0].device.type == "cuda"
 
 
 def test_one_host_sync_per_chunk_at_most() -> None:

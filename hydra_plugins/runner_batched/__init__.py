@@ -75,7 +75,9 @@ class BatchedLauncher(Launcher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        self.composed: dict[tuple, DictConfig] = {}  # by group choices and settings' keys
+        # By group choices and settings' keys: the composed config, and it without Hydra's node
+        self.composed: dict[tuple, tuple[DictConfig, DictConfig]] = {}
+        self.parser = OverridesParser.create()  # (making one registers the sweep functions)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -98,42 +100,43 @@ class BatchedLauncher(Launcher):
 
     def _job(self, idx: int, overrides: list[str]) -> Job:
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        config = self._compose(overrides)
+        config, task = self._compose(overrides)
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
         output_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = os.path.abspath(output_dir)
-        task = copy.deepcopy(config)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
         return Job(idx, overrides, config, task)
 
-    def _compose(self, overrides: list[str]) -> DictConfig:
-        """The job's config: composed by Hydra once per set of group choices and settings'
-        keys, then derived by setting this job's values (what Hydra's composition does
-        last, after the defaults list, with `OmegaConf.update`)."""
-        parsed = OverridesParser.create().parse_overrides(overrides)
+    def _compose(self, overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+        """The job's config, and it without Hydra's node (the task's, as Hydra's run_job
+        makes it): composed by Hydra once per set of group choices and settings' keys, then
+        derived by setting this job's values (what Hydra's composition does last, after the
+        defaults list, with `OmegaConf.update`). The task is derived from a copy of its own
+        that has no Hydra node: copying that node is most of the cost of a job's config."""
+        parsed = self.parser.parse_overrides(overrides)
         values = [o for o in parsed if _is_plain_value(o, self._groups())]
         structure = tuple(o.input_line for o in parsed if o not in values)
         key = (structure, tuple(o.key_or_group for o in values))
         if key not in self.composed:
             loader = self.hydra_context.config_loader
-            self.composed[key] = loader.load_sweep_config(self.config, overrides)
-            return copy.deepcopy(self.composed[key])
-        config = copy.deepcopy(self.composed[key])
+            composed = loader.load_sweep_config(self.config, overrides)
+            self.composed[key] = (composed, _without_hydra(composed))
+            return copy.deepcopy(composed), _without_hydra(composed)  # its values are set
+        config, task = (copy.deepcopy(c) for c in self.composed[key])
         for o in values:
             OmegaConf.update(config, o.key_or_group, o.value(), merge=True)
+            OmegaConf.update(task, o.key_or_group, o.value(), merge=True)
         naming = config.hydra.job.config.override_dirname
         with open_dict(config.hydra):
-            task = [o for o in parsed if not o.is_hydra_override()]
-            config.hydra.overrides.task = [o.input_line for o in task]
+            given = [o for o in parsed if not o.is_hydra_override()]
+            config.hydra.overrides.task = [o.input_line for o in given]
             config.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=task, exclude_keys=list(naming.exclude_keys),
+                overrides=given, exclude_keys=list(naming.exclude_keys),
                 item_sep=naming.item_sep, kv_sep=naming.kv_sep,
             )  # fmt: skip
-        return config
+        return config, task
 
     def _groups(self) -> set[str]:
         if not hasattr(self, "groups"):
@@ -177,6 +180,14 @@ def _is_plain_value(o: Override, groups: set[str]) -> bool:
         and o.key_or_group not in groups
         and o.package is None
     )
+
+
+def _without_hydra(config: DictConfig) -> DictConfig:
+    """A copy of `config` without its Hydra node, as Hydra's run_job makes the task's."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
 
 
 def _all_groups(loader: Any, parent: str = "") -> set[str]:

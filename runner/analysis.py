@@ -55,6 +55,10 @@ def optimum(x: np.ndarray, y: np.ndarray, bias: bool) -> Optimum:
 
 def add_distances(chunk: pd.DataFrame, best: Optimum) -> pd.DataFrame:
     """Per epoch: how far the loss is above the optimum, and the parameters from it."""
-    gap = chunk["loss"] - best.loss
-    squares = sum((chunk[name] - value) ** 2 for name, value in best.params.items())
-    return chunk.assign(gap=gap, distance=np.sqrt(squares))
+    # On the columns' arrays: a job's every chunk passes here, and pandas' arithmetic on
+    # Series costs more than the numbers (half the time, with the same values).
+    squares = sum((chunk[name].to_numpy() - value) ** 2 for name, value in best.params.items())
+    out = chunk.copy(deep=False)
+    out["gap"] = chunk["loss"].to_numpy() - best.loss
+    out["distance"] = np.sqrt(squares)
+    return out

@@ -112,6 +112,9 @@ def _sweep(plan: gate.Plan) -> None:
     sweep = Sweep(plan.conf, plan.out_dir, plan.overrides, os.environ[COMMAND], plan.study)
     # A search's study, as the gate found it: the sweeper opens it, the trials report to it.
     os.environ[STUDY_VARIABLE] = plan.study.to_env() if plan.study is not None else ""
+    sweep.request()  # the tracking process opens the parent run (importing MLflow first) ...
+    if plan.jobs_here:
+        import runner.run  # noqa: F401 - ... while this process imports torch for the jobs
     try:
         with sweep:
             parent = [PARENT_VARIABLE] if sweep.parent is not None else []

@@ -467,6 +467,21 @@ def plain(conf: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(conf)))  # str-Enums dump as their values
 
 
+def flat(conf: Any) -> dict[str, Any]:
+    """A dataclass config as {dotted key: plain value}, a list one value: a run's params."""
+    out: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(plain(conf), "")
+    return out
+
+
 def validate(node: Any, prefix: str = "") -> None:
     """Raise ConfigError for the first setting a run cannot use: every field's own check,
     then each section's check() of how its fields go together. Types are OmegaConf's job."""

@@ -120,6 +120,7 @@ class Plan:
     out_dir: Path | None  # the run's or the sweep's directory, reserved for it
     created: Path | None = None  # the topmost directory the reservation created
     study: Study | None = None  # a search's study (hydra/sweeper=optuna): where, and named
+    jobs_here: bool = True  # the jobs run in this process (not a joblib, Ray or Slurm worker)
 
 
 def check(argv: list[str], reserve: bool = True) -> Plan:
@@ -161,8 +162,10 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     if out_dir is not None:
         key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
         hydra_argv.append(f"{key}={quoted(str(out_dir))}")
+    launcher = str(cfg.hydra.launcher.get("_target_", ""))
+    jobs_here = not args.multirun or launcher.endswith(("BasicLauncher", "BatchedLauncher"))
     return Plan(hydra_argv, list(args.overrides), conf, args.multirun, runs_jobs, out_dir, created,
-                study)  # fmt: skip
+                study, jobs_here)  # fmt: skip
 
 
 def _flags_for_hydra(args: argparse.Namespace) -> list[str]:

@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.analysis import Optimum, add_distances, optimum
-from runner.config import Config, ConfigError, DataKind, plain
+from runner.config import Config, ConfigError, DataKind, flat, plain
 from runner.data import Points, feature_names, load_arrays, split, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, split_steps, train
 from runner.losses import Loss, build_loss
@@ -41,7 +41,7 @@ from runner.search import Reporter, Study, reporting
 from runner.signals import STOPPER
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
 from runner.store import default_tracking_uri, run_name, server_problem
-from runner.tracking import DataSpec, Ending, ModelSpec, RunSpec
+from runner.tracking import DataSpec, Ending, ModelSpec, RunSpec, tracker
 
 log = logging.getLogger("runner")
 
@@ -293,6 +293,8 @@ def run_batch(confs: list[Config], ctxs: list[RunContext]) -> list[Result]:
     points = load_arrays(confs[0].data, confs[0].seed, ctxs[0].launch_dir)  # (shared)
     data, device = data_digest(*points), resolve_device(confs[0].device)
     digests = [run_digest(c, data, device) for c in confs]  # what decides each job's numbers
+    if confs[0].mlflow.enabled and len(confs) >= TWO_LANES:
+        tracker(1)  # the second lane's process starts now: it imports MLflow during the lookup
     twins = finished_twins(confs, ctxs, digests)
     results = {i: _reused(confs[i], ctxs[i], twin) for i, twin in twins.items()}
     fresh = [i for i in range(len(confs)) if i not in results]
@@ -455,7 +457,7 @@ def _mlflow_sink(
     tags |= record(s.x.device, ctx.command)  # code, versions, machine, command line
     if ctx.sweep_parent:
         tags["mlflow.parentRunId"] = ctx.sweep_parent  # the dashboard nests it under its sweep
-    params = {k: str(v) for k, v in pd.json_normalize(plain(conf)).iloc[0].items()}
+    params = {k: str(v) for k, v in flat(conf).items()}
     params |= {f"optimum.{k}": str(v) for k, v in s.best.params.items()}
     params |= {
         "optimum.loss": str(s.best.loss),

@@ -54,6 +54,11 @@ class Sweep:
             spec = RunSpec(uri, conf.mlflow.experiment, name, {}, tags, resume_by)
             self.parent = MlflowSink(spec)
 
+    def request(self) -> None:
+        """Ask the store for the parent run now; entering takes its id."""
+        if self.parent is not None:
+            self.parent.request()
+
     def __enter__(self) -> Sweep:
         if self.parent is not None:
             # Opened here, before any job: the store's tables and the experiment then exist

@@ -91,6 +91,7 @@ _experiments: dict[tuple[str, str], str] = {}  # (URI, name) -> experiment id
 _open_runs: dict[str, str] = {}  # run id -> URI: the runs to end KILLED if the runner dies
 _failed: dict[str, str] = {}  # run id -> why a chunk of its metrics could not be stored
 _datasets: dict[str, Any] = {}  # DataSpec.key -> the dataset, as MLflow logs it
+_artifact_uris: dict[str, str] = {}  # run id -> its artifact root, as its creation gave it
 
 
 def _client(uri: str) -> Any:
@@ -149,7 +150,8 @@ def open_run(spec: RunSpec) -> str:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     else:
-        run_id = client.create_run(experiment, run_name=spec.name, tags=tags).info.run_id
+        info = client.create_run(experiment, run_name=spec.name, tags=tags).info
+        run_id, _artifact_uris[info.run_id] = info.run_id, info.artifact_uri
     _open_runs[run_id] = spec.tracking_uri
     params = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in spec.params.items()]
     if params:
@@ -232,16 +234,18 @@ def end_run(uri: str, run_id: str, ending: Ending) -> None:
             paths.insert(0, str(Path(tmp) / name))
         if paths:
             # The run's artifact store, resolved once (log_artifact per file would look the
-            # run up in the database again each time).
+            # run up in the database again each time; a run this process created is known).
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-            repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, uri)
+            root = _artifact_uris.get(run_id) or client.get_run(run_id).info.artifact_uri
+            repo = get_artifact_repository(root, uri)
             for path in paths:
                 repo.log_artifact(path)
             if ending.model is not None:
                 repo.log_artifacts(_saved_model(ending.model, Path(tmp)), "model")
     client.set_terminated(run_id, ending.status)
     _open_runs.pop(run_id, None)
+    _artifact_uris.pop(run_id, None)
 
 
 def _saved_model(model: ModelSpec, tmp: Path) -> str:

@@ -22,7 +22,7 @@ from hydra.test_utils.launcher_common_tests import (
 from omegaconf import DictConfig, OmegaConf
 from support import children, run_cli, store, sweep_parent
 
-from hydra_plugins.runner_batched import hydra_yaml
+from hydra_plugins.runner_batched import to_yaml
 from runner import gate
 
 pytestmark = pytest.mark.usefixtures("hydra_as_fresh")
@@ -129,10 +129,20 @@ def _jobs(overrides: list[str]) -> int:
                      o.count("[") for o in overrides)  # fmt: skip
 
 
-def test_hydra_yaml_is_the_text_omegaconf_writes() -> None:
-    for overrides in ([], ["lr=0.1", "optimizer=adam", "hydra.job.name=a: b", "seed=3"]):
-        config = gate.compose_checked(overrides, {})
-        assert hydra_yaml(config) == OmegaConf.to_yaml(OmegaConf.create({"hydra": config.hydra}))
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["lr=0.1", "optimizer=adam", "hydra.job.name=a: b", "seed=3"],
+    # strings that read back as numbers or bools are quoted; others are not
+    ["mlflow.experiment='1e3'", "hydra.job.name='true'", "data=csv", "data.path='0x1f.csv'"],
+    ["mlflow.experiment='été'", "hydra.job.name='null'", "model.w=[1.5,2]", "model.init=fixed"],
+])  # fmt: skip
+def test_the_yaml_files_are_the_text_omegaconf_writes(overrides: list[str]) -> None:
+    config = gate.compose_checked(overrides, {})
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    assert to_yaml(task) == OmegaConf.to_yaml(task)
+    assert to_yaml(config, "hydra") == OmegaConf.to_yaml({"hydra": config.hydra})
+    listed = OmegaConf.create(overrides)
+    assert to_yaml(listed) == OmegaConf.to_yaml(listed)
 
 
 @pytest.mark.slow

@@ -167,6 +167,31 @@ def test_flags_that_print_run_nothing() -> None:
     assert not plan.runs_jobs and plan.out_dir is None and "--cfg" in plan.hydra_argv
 
 
+@pytest.mark.parametrize(
+    ("argv", "here"),
+    [
+        (["lr=0.1"], True),
+        (["-m", "lr=0.1,0.2"], True),  # the batched launcher, the default
+        (["-m", "hydra/launcher=basic", "lr=0.1,0.2"], True),
+        (["-m", "hydra/launcher=joblib", "lr=0.1,0.2"], False),
+    ],
+)
+def test_the_plan_says_whether_the_jobs_run_in_this_process(argv: list[str], here: bool) -> None:
+    assert check_command_line(argv).jobs_here is here  # (the main process imports torch then)
+
+
+def test_flat_config_is_the_runs_params() -> None:
+    import pandas as pd
+
+    from runner.config import flat, plain
+
+    two_features = ["data=synthetic", "data.features=2", "model.w=[1.5,2]", "schedule=step"]
+    for overrides in ([], ["optimizer=adam", "data=synthetic"], two_features):
+        conf = make_config(*overrides)
+        expected = pd.json_normalize(plain(conf)).iloc[0].to_dict()  # nested keys dotted
+        assert flat(conf) == expected and "optimizer.name" in expected
+
+
 def test_a_password_never_shows_in_the_message() -> None:
     for secret in ("S3cr3t", "p@ss/word", "a/b@c"):
         with pytest.raises(ConfigError) as caught:

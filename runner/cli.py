@@ -64,20 +64,28 @@ def main() -> None:
     if "--help" in argv or "-h" in argv:  # (also after settings: `lr=0.1 --help`)
         print_help()  # ours, fast; Hydra's own is `--hydra-help`
         return
-    try:
-        plan = gate.check(argv)
-    except ConfigError as err:
-        _fail(err, 2)
-    console()
     stopper = install()
-    if plan.runs_jobs and plan.conf is not None and plan.conf.mlflow.enabled:
-        from runner import tracking
+    # Until the run starts, a stop signal is noted, not raised: an exception in the middle of
+    # Hydra's composition or of starting the tracking process could leave either half-done.
+    with stopper.listening_while(""):
+        try:
+            plan = gate.check(argv)
+        except ConfigError as err:
+            _fail(err, 2)
+        console()
+        if plan.runs_jobs and plan.conf is not None and plan.conf.mlflow.enabled:
+            from runner import tracking
 
-        tracking.tracker()  # starts importing MLflow now, while Hydra composes and torch loads
-    os.environ[MAIN_PID] = str(os.getpid())
-    os.environ[COMMAND] = shlex.join(["python", "-m", "runner", *argv])
-    # Hydra's errors reach us as exceptions (checked already: they are the machine's).
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+            tracking.tracker()  # starts importing MLflow now, while Hydra composes and torch loads
+        os.environ[MAIN_PID] = str(os.getpid())
+        os.environ[COMMAND] = shlex.join(["python", "-m", "runner", *argv])
+        # Hydra's errors reach us as exceptions (checked already: they are the machine's).
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if stopper.stop.is_set():
+        _discard(plan)
+        name = signal.Signals(stopper.signum).name
+        print(f"runner: stopped by {name} before it started: nothing was run", file=sys.stderr)
+        raise SystemExit(128 + stopper.signum)
     try:
         if plan.multirun:
             _sweep(plan)
@@ -90,8 +98,12 @@ def main() -> None:
     except KeyboardInterrupt as err:
         if plan.multirun:  # (a single run has said what it kept)
             name = signal.Signals(stopper.signum or signal.SIGINT).name
-            print(f"runner: sweep stopped by {name}: its runs are ended KILLED; summary.csv "
-                  "says what each kept", file=sys.stderr)  # fmt: skip
+            if _empty(plan.out_dir):  # stopped before its first job: no directory of nothing
+                _discard(plan)
+                print(f"runner: sweep stopped by {name} before its first job", file=sys.stderr)
+            else:
+                print(f"runner: sweep stopped by {name}: its runs are ended KILLED; summary.csv "
+                      "says what each kept", file=sys.stderr)  # fmt: skip
         raise SystemExit(getattr(err, "exit_code", 130)) from None
 
 
@@ -124,6 +136,10 @@ def _sweep(plan: gate.Plan) -> None:
             _discard(plan)
             _fail(ConfigError("mlflow.tracking_uri", plan.conf.mlflow.tracking_uri, str(err)), 2)
         raise
+
+
+def _empty(directory: Path | None) -> bool:
+    return directory is not None and directory.is_dir() and not any(directory.iterdir())
 
 
 def _discard(plan: gate.Plan) -> None:

@@ -53,12 +53,13 @@ class Stopper:
             self.stop.set()
             if self.listening:
                 print(f"runner: stopping on {name}: {self.listening}", file=sys.stderr, flush=True)
-        if not self.listening:
+        if self.listening is None:
             raise Stop(signum)
 
     @contextmanager
     def listening_while(self, what: str) -> Iterator[None]:
-        """Signals only set `stop` while the block runs: it polls and stops cleanly."""
+        """Signals only set `stop` while the block runs: it polls and stops cleanly (and
+        says `what` it keeps; nothing with "")."""
         before, self.listening = self.listening, what
         try:
             yield

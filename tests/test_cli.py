@@ -13,6 +13,8 @@ from mlflow import MlflowClient
 from support import run_cli, runner_env
 from test_loop import SEED_002
 
+from runner.signals import Stopper
+
 
 @pytest.mark.slow
 def test_documented_command_end_to_end(tmp_path: Path) -> None:
@@ -78,6 +80,87 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path, args: list[str]
     err = process.stderr.read()
     assert process.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "Logging error" not in err, err
+
+
+def test_a_ctrl_c_while_the_runner_imports_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runpy
+
+    from runner import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # (before the runner's own handlers: Python's default)
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_module("runner", run_name="__main__")
+    assert ended.value.code == 130
+    assert capsys.readouterr().err == (
+        "runner: stopped by SIGINT before it started: nothing was run\n"
+    )
+
+
+def _main_in_process(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Stopper:
+    """cli.main's stop signals go to a fresh Stopper, its logging and environment are put
+    back (pytest keeps its own handlers)."""
+    from runner import cli, signals
+
+    stopper = signals.Stopper()
+    monkeypatch.setattr(cli, "install", lambda: stopper)
+    monkeypatch.setattr(cli, "console", lambda: None)
+    for name in (cli.MAIN_PID, cli.COMMAND, "HYDRA_FULL_ERROR"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setattr(sys, "argv", ["runner", *argv])
+    return stopper
+
+
+def test_a_stop_signal_while_the_command_line_is_checked_is_honored_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate is not interrupted midway (a half-done composition): the signal is noted,
+    and once the check is done the runner ends in one line, leaving no directory."""
+    import signal
+
+    from runner import cli, gate
+
+    monkeypatch.chdir(tmp_path)
+    stopper = _main_in_process(monkeypatch, ["lr=0.1", "hydra.run.dir=out"])
+    check = gate.check
+
+    def signalled(argv: list[str]) -> gate.Plan:
+        stopper.handle(signal.SIGTERM, None)  # does not raise: the gate goes on
+        return check(argv)
+
+    monkeypatch.setattr(gate, "check", signalled)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 143
+    assert capsys.readouterr().err == (
+        "runner: stopped by SIGTERM before it started: nothing was run\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # the reserved directory is gone
+
+
+def test_a_sweep_stopped_before_its_first_job_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner import cli
+
+    def interrupted(plan: object) -> None:
+        raise KeyboardInterrupt  # a Ctrl-C while the parent run opens and torch loads
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_sweep", interrupted)
+    argv = ["-m", "lr=0.1,0.2", "mlflow.enabled=false", "hydra.sweep.dir=sweep"]
+    _main_in_process(monkeypatch, argv)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.endswith(
+        "runner: sweep stopped by SIGINT before its first job\n"
+    )
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["lr=0.1", "--help"], ["-m", "-h"]])

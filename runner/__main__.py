@@ -1,7 +1,9 @@
 """`python -m runner`. A Ctrl-C before the runner has set its own signal handlers (while it
 imports and checks the command line) ends it in one line too, with nothing run."""
 
-import sys
+import signal
+
+from runner.signals import stopped_before_start  # the standard library only: imported at once
 
 if __name__ == "__main__":  # a spawned worker imports this module too, as __mp_main__
     try:
@@ -9,5 +11,4 @@ if __name__ == "__main__":  # a spawned worker imports this module too, as __mp_
 
         main()
     except KeyboardInterrupt:
-        print("runner: stopped by SIGINT before it started: nothing was run", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise stopped_before_start(signal.SIGINT) from None

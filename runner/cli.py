@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import gate
 from runner.config import CONF_DIR, Config, ConfigError
 from runner.logs import console, let_go_of
-from runner.signals import Stop, install
+from runner.signals import NotStarted, Stop, install, stopped_before_start
 
 if TYPE_CHECKING:
     from runner.run import Result, RunContext
@@ -83,22 +83,24 @@ def main() -> None:
         os.environ["HYDRA_FULL_ERROR"] = "1"
     if stopper.stop.is_set():
         _discard(plan)
-        name = signal.Signals(stopper.signum).name
-        print(f"runner: stopped by {name} before it started: nothing was run", file=sys.stderr)
-        raise SystemExit(128 + stopper.signum)
+        raise stopped_before_start(stopper.signum)
     try:
         if plan.multirun:
             _sweep(plan)
-        else:
-            _hydra(plan, copied=[MAIN_PID, COMMAND])
+        else:  # a signal is noted until the run's loop listens (runner/run.py honors it)
+            with stopper.listening_while(""):
+                _hydra(plan, copied=[MAIN_PID, COMMAND])
     except Refused as refused:  # found only when the run starts: the data file, the device
         if not plan.multirun:
             _discard(plan)
         _fail(refused.err, 2)
     except KeyboardInterrupt as err:
+        if isinstance(err, NotStarted) and not plan.multirun:  # set up, but nothing written
+            _discard(plan)
+            raise stopped_before_start(err.signum) from None
         if plan.multirun:  # (a single run has said what it kept)
             name = signal.Signals(stopper.signum or signal.SIGINT).name
-            if _empty(plan.out_dir):  # stopped before its first job: no directory of nothing
+            if _no_jobs(plan.out_dir):  # stopped before its first job: no directory of nothing
                 _discard(plan)
                 print(f"runner: sweep stopped by {name} before its first job", file=sys.stderr)
             else:
@@ -138,8 +140,9 @@ def _sweep(plan: gate.Plan) -> None:
         raise
 
 
-def _empty(directory: Path | None) -> bool:
-    return directory is not None and directory.is_dir() and not any(directory.iterdir())
+def _no_jobs(sweep_dir: Path | None) -> bool:
+    """No job directory (`<N>/`) yet: Hydra's multirun.yaml and an empty summary at most."""
+    return sweep_dir is not None and not any(d.name.isdigit() for d in sweep_dir.glob("*"))
 
 
 def _discard(plan: gate.Plan) -> None:

@@ -72,10 +72,11 @@ def parameter_columns(columns: Any) -> list[str]:
     return sorted(found, key=lambda c: (c == "final_b", len(c), c))  # a or w1..wk, then b
 
 
-def summarize(sweep_dir: Path) -> pd.DataFrame:
+def summarize(sweep_dir: Path, unended: str = "FAILED") -> pd.DataFrame:
     """One row per job directory `<sweep_dir>/<N>/` (SUMMARY_COLUMNS, with the jobs' own
-    parameter columns where they are not a and b), ranked best first."""
-    rows = [_job_row(d) for d in sweep_dir.iterdir() if d.name.isdigit()]
+    parameter columns where they are not a and b), ranked best first. A job that never said
+    how it ended has status `unended`: FAILED (it died), KILLED (the sweep was stopped)."""
+    rows = [_job_row(d, unended) for d in sweep_dir.iterdir() if d.name.isdigit()]
     rows = [row for row in rows if row is not None]
     found = parameter_columns(dict.fromkeys(c for row in rows for c in row))  # (in order)
     params = found if found and found != ["final_a"] else ["final_a", "final_b"]
@@ -90,7 +91,7 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     return rank(summary)
 
 
-def _job_row(job_dir: Path) -> dict[str, Any] | None:
+def _job_row(job_dir: Path, unended: str) -> dict[str, Any] | None:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():  # not a job of this sweep
         return None
@@ -99,8 +100,8 @@ def _job_row(job_dir: Path) -> dict[str, Any] | None:
         "overrides": " ".join(OmegaConf.load(overrides_file)),
     }
     result_file = job_dir / "result.json"
-    if not result_file.is_file():  # the job died before it could say how it ended
-        return row | {"status": "FAILED"}
+    if not result_file.is_file():  # the job did not get to say how it ended
+        return row | {"status": unended}
     result = json.loads(result_file.read_text())  # also reads the older Infinity / NaN
     return row | {k: v for k, v in result.items() if k != "final"} | (result.get("final") or {})
 

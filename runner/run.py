@@ -38,7 +38,7 @@ from runner.provenance import data_digest, record, run_digest
 from runner.reuse import finished_twins
 from runner.schedules import Schedule, build_schedule
 from runner.search import Reporter, Study, reporting
-from runner.signals import STOPPER
+from runner.signals import STOPPER, NotStarted
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
 from runner.store import default_tracking_uri, run_name, server_problem
 from runner.tracking import DataSpec, Ending, ModelSpec, RunSpec, tracker
@@ -340,6 +340,8 @@ def _train_batch(
             _warn_if_unstable(job.conf, s.best)
     opened: list[JobRun] = []
     try:
+        if STOPPER.stop.is_set():  # noted while the run was set up: nothing written yet
+            raise NotStarted(STOPPER.signum)
         lanes = 2 if len(jobs) >= TWO_LANES else 1  # tracking processes for this batch
         data = _data_spec(confs[0], s, ctxs[0].launch_dir)
         for j, job in enumerate(jobs):

@@ -3,8 +3,11 @@
 A training loop stops at the next epoch boundary when `stop` is set, so the chunk in hand
 reaches every sink whole and the run ends KILLED with the CSV and MLflow equal. Where no
 loop is listening (between the jobs of a sweep, waiting on a parallel launcher) the
-signal raises Stop, which unwinds like Ctrl-C. The store holds at most about a second of
-work back (runner/tracking.py), so ending the run KILLED takes seconds even on a long run.
+signal raises Stop, which unwinds like Ctrl-C. A single run notes a signal from its start
+until its loop listens: one noted before the run has written anything ends it with nothing
+run, one noted after its MLflow run opened stops its loop at epoch 0 (KILLED). The store
+holds at most about a second of work back (runner/tracking.py), so ending the run KILLED
+takes seconds even on a long run.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class Stop(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class NotStarted(Stop):
+    """A stop noted while a run was set up, honored before it wrote anything."""
+
+
 class Stopper:
     """The process's stop state, set by the first signal."""
 
@@ -38,13 +45,15 @@ class Stopper:
         self.stop = threading.Event()  # cheap to poll once per epoch
         self.signum = 0
         self.listening: str | None = None  # while a loop polls `stop`: what it will keep
+        self.said = False  # whether a loop has said what the stop keeps
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stop.is_set():
+            doing = "ending the run as KILLED" if self.said else "stopping"  # (before a loop)
             print(
-                f"runner: {name} again: still ending the run as KILLED (the store takes "
-                "seconds at most; kill -9 would leave it RUNNING)",
+                f"runner: {name} again: still {doing} (the store takes seconds at most; "
+                "kill -9 would leave a run RUNNING)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -52,15 +61,21 @@ class Stopper:
             self.signum = signum
             self.stop.set()
             if self.listening:
-                print(f"runner: stopping on {name}: {self.listening}", file=sys.stderr, flush=True)
+                self._say(name, self.listening)
         if self.listening is None:
             raise Stop(signum)
+
+    def _say(self, name: str, what: str) -> None:
+        print(f"runner: stopping on {name}: {what}", file=sys.stderr, flush=True)
+        self.said = True
 
     @contextmanager
     def listening_while(self, what: str) -> Iterator[None]:
         """Signals only set `stop` while the block runs: it polls and stops cleanly (and
-        says `what` it keeps; nothing with "")."""
+        says `what` it keeps; nothing with ""). A signal noted before is said on entry."""
         before, self.listening = self.listening, what
+        if what and self.stop.is_set() and not self.said:
+            self._say(signal.Signals(self.signum).name, what)
         try:
             yield
         finally:
@@ -68,6 +83,13 @@ class Stopper:
 
 
 STOPPER = Stopper()  # signals are the process's: one stopper per process
+
+
+def stopped_before_start(signum: int) -> SystemExit:
+    """One line for a stop that came before anything ran, and the shell's exit code."""
+    name = signal.Signals(signum).name
+    print(f"runner: stopped by {name} before it started: nothing was run", file=sys.stderr)
+    return SystemExit(128 + signum)
 
 
 def install() -> Stopper:

@@ -72,7 +72,8 @@ class Sweep:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             status = "KILLED"
         console()  # the last job's log file is closed: the sweep speaks on the console
-        summary = summarize(self.sweep_dir)
+        # A job with no result.json of a stopped sweep was stopped too (before or as it ran).
+        summary = summarize(self.sweep_dir, unended="KILLED" if status == "KILLED" else "FAILED")
         path = self.sweep_dir / "summary.csv"
         summary.to_csv(path, index=False)
         _show(summary, path)

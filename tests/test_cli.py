@@ -142,13 +142,46 @@ def test_a_stop_signal_while_the_command_line_is_checked_is_honored_after_it(
     assert list(tmp_path.iterdir()) == []  # the reserved directory is gone
 
 
+def test_a_stop_signal_while_the_run_is_set_up_ends_it_before_it_writes_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra has made the run's directory and the run loads its data when the signal comes:
+    it is noted, not raised midway, and honored before the run writes a row."""
+    import signal
+
+    from runner import cli, run
+
+    monkeypatch.chdir(tmp_path)
+    stopper = _main_in_process(monkeypatch, ["hydra.run.dir=out", "mlflow.enabled=false"])
+    monkeypatch.setattr(run, "STOPPER", stopper)  # the run's loop polls the same stopper
+    load = run.load_arrays
+
+    def signalled(*args: object) -> object:
+        stopper.handle(signal.SIGTERM, None)  # does not raise: the set-up goes on
+        return load(*args)
+
+    monkeypatch.setattr(run, "load_arrays", signalled)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 143
+    assert capsys.readouterr().err.endswith(
+        "runner: stopped by SIGTERM before it started: nothing was run\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # not even Hydra's .hydra/ and runner.log
+
+
 def test_a_sweep_stopped_before_its_first_job_leaves_no_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner import cli
+    from runner import cli, gate
 
-    def interrupted(plan: object) -> None:
-        raise KeyboardInterrupt  # a Ctrl-C while the parent run opens and torch loads
+    def interrupted(plan: gate.Plan) -> None:
+        # A Ctrl-C while the jobs are composed: Hydra's multirun.yaml is written, and the
+        # summary of no job, but no job's directory.
+        assert plan.out_dir is not None
+        (plan.out_dir / "multirun.yaml").write_text("hydra: {}\n")
+        (plan.out_dir / "summary.csv").write_text("job,overrides,status\n")
+        raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "_sweep", interrupted)

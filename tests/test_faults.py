@@ -164,6 +164,8 @@ def test_signal_ends_a_joblib_sweep_with_every_child_killed(
     ends = {(r.info.run_name, r.info.status, r.data.tags.get("runner.tracking_error"),
              r.data.tags.get("runner.error")) for r in runs}  # fmt: skip
     assert {status for _, status, _, _ in ends} == {"KILLED"}, (ends, err[-3000:])
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")  # the third: stopped, not failed
+    assert set(summary["status"]) == {"KILLED"}, summary
 
 
 @pytest.mark.slow

@@ -66,6 +66,13 @@ def test_summary_ranks_finished_by_loss_then_diverged_killed_failed(tmp_path: Pa
     assert summary["lr"].dtype == float and pd.isna(summary.loc[6, "lr"])
 
 
+def test_a_stopped_sweep_s_jobs_without_a_result_are_killed_not_failed(tmp_path: Path) -> None:
+    _job(tmp_path, 0, ["lr=0.1"], _result("FINISHED", 0.001, 0.1))
+    _job(tmp_path, 1, ["lr=0.2"], None)  # composed, then the sweep was stopped
+    assert summarize(tmp_path, unended="KILLED")["status"].tolist() == ["FINISHED", "KILLED"]
+    assert summarize(tmp_path)["status"].tolist() == ["FINISHED", "FAILED"]  # it died
+
+
 def test_summary_of_an_empty_sweep_has_the_columns(tmp_path: Path) -> None:
     summary = summarize(tmp_path)
     assert summary.empty and summary.columns.tolist() == SUMMARY_COLUMNS

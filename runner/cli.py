@@ -30,10 +30,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runner import gate
+from runner import gate, hydra_settings
 from runner.config import CONF_DIR, Config, ConfigError
 from runner.logs import console, let_go_of
 from runner.signals import NotStarted, Stop, install, stopped_before_start
+from runner.store import redact_text
 
 if TYPE_CHECKING:
     from runner.run import Result, RunContext
@@ -72,13 +73,15 @@ def main() -> None:
             plan = gate.check(argv)
         except ConfigError as err:
             _fail(err, 2)
+        except NotStarted as err:  # a stop while a large sweep's values were checked
+            raise stopped_before_start(err.signum) from None
         console()
         if plan.runs_jobs and plan.conf is not None and plan.conf.mlflow.enabled:
             from runner import tracking
 
             tracking.tracker()  # starts importing MLflow now, while Hydra composes and torch loads
         os.environ[MAIN_PID] = str(os.getpid())
-        os.environ[COMMAND] = shlex.join(["python", "-m", "runner", *argv])
+        os.environ[COMMAND] = redact_text(shlex.join(["python", "-m", "runner", *argv]))
         # Hydra's errors reach us as exceptions (checked already: they are the machine's).
         os.environ["HYDRA_FULL_ERROR"] = "1"
     if stopper.stop.is_set():
@@ -147,6 +150,7 @@ def _no_jobs(sweep_dir: Path | None) -> bool:
 
 def _discard(plan: gate.Plan) -> None:
     """Leave nothing behind of a run or sweep that never started."""
+    gate.release(plan.out_dir)
     if plan.created is not None:
         shutil.rmtree(plan.created, ignore_errors=True)
 
@@ -271,6 +275,12 @@ def print_help() -> None:
     for key, value in sorted(gate.compose_defaults().items()):
         lines.append(f"  {key}={value if isinstance(value, str) else json.dumps(value)}")
     lines += [
+        "",
+        "Hydra's settings a command line or preset may change (the rest are the runner's own):",
+        *hydra_settings.help_lines(),
+        "  hydra.sweeper.sampler.*, hydra.sweeper.pruner.*: a search's sampler and pruner by "
+        "name, with their arguments",
+        "  hydra.sweeper.params: a search space or grid, key -> sweep (the runner's own keys)",
         "",
         "examples:",
         "  python -m runner optimizer=sgd lr=0.05",

@@ -21,6 +21,14 @@ from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing g
 
 from hydra.core.config_store import ConfigStore
 
+from runner.store import (
+    MLFLOW_TABLES,
+    OPTUNA_TABLES,
+    password_problem,
+    redact,
+    sqlite_tables,
+)
+
 
 def _conf_dir() -> Path:
     packaged = Path(__file__).parent / "conf"  # a wheel install carries the YAML inside
@@ -141,8 +149,11 @@ class OptimizerConfig:
     momentum: float = field(default=0.0, metadata=check(lambda v: 0 <= v < 1, "in [0, 1)"))
     nesterov: bool = False
     # every optimizer: adds weight_decay * p to the gradient
-    weight_decay: float = field(
-        default=0.0, metadata=check(lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+    weight_decay: float = field(  # (torch adds it in float32: a larger one overflows)
+        default=0.0,
+        metadata=check(
+            lambda v: _float32(v) and v >= 0, f"a number >= 0 of at most {FLOAT32_MAX:.4g}"
+        ),
     )
     betas: List[float] = field(  # noqa: UP006 - adam
         default_factory=lambda: [0.9, 0.999],
@@ -319,13 +330,10 @@ def tracking_uri_problem(uri: str | None) -> str | None:
     """Why an MLflow tracking URI cannot be used, or None when it can."""
     if uri is None:
         return None
+    if problem := password_problem(uri, "tracking"):
+        return problem
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme in ("http", "https"):
-        if "@" in uri:  # user:password@host, whatever the password holds (@ or /)
-            return (
-                "a URI without user:password (MLflow reads them from MLFLOW_TRACKING_USERNAME "
-                "and MLFLOW_TRACKING_PASSWORD, or a token from MLFLOW_TRACKING_TOKEN)"
-            )
         return None if parts.hostname else "http(s)://host[:port]"
     if parts.scheme == "sqlite":
         return _sqlite_problem(uri)
@@ -345,6 +353,9 @@ def _sqlite_problem(uri: str) -> str | None:
             return f"a database file ({path} is not a file)"
         if not os.access(path, os.R_OK | os.W_OK):
             return f"a database this process can write ({path} is read-only)"
+        tables = sqlite_tables(path)
+        if tables >= OPTUNA_TABLES and not tables & MLFLOW_TABLES:
+            return f"an MLflow store ({path} holds an Optuna study)"
         return None
     if not path.parent.is_dir():
         return f"a file in an existing directory ({path.parent} does not exist)"
@@ -379,15 +390,7 @@ class MlflowConfig:
 
     def check(self) -> None:
         if problem := tracking_uri_problem(self.tracking_uri):
-            raise ConfigError("tracking_uri", _without_password(self.tracking_uri), problem)
-
-
-def _without_password(uri: str | None) -> str | None:
-    """The URI as it may be shown: user:password@ taken out of the host part."""
-    if uri is None or "@" not in uri:
-        return uri
-    scheme = urllib.parse.urlsplit(uri).scheme
-    return f"{scheme}://***@{uri.rpartition('@')[2]}"  # all before the last @ may be secret
+            raise ConfigError("tracking_uri", redact(self.tracking_uri), problem)
 
 
 @dataclass
@@ -405,6 +408,9 @@ class StopConfig:
 class SweepConfig:
     # false: a grid sweep reuses each job whose identical run FINISHED in the store
     rerun: bool = False
+    # the most jobs (a grid's combinations, a search's trials) one command may start; counted
+    # before anything is expanded, so a typo such as range(1,1e12) is one line, not a hang
+    max_jobs: int = field(default=10_000, metadata=check(lambda v: v >= 1, "an integer >= 1"))
 
 
 @dataclass

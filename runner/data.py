@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runner.config import ConfigError, DataConfig
+from runner.config import FEATURES_MAX, ConfigError, DataConfig
 
 if TYPE_CHECKING:
     import torch
@@ -98,8 +98,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             bad = ~np.isfinite(values.to_numpy(dtype=np.float64).astype(np.float32))
         if bad.any():
             row = int(np.argmax(bad))
-            held = str(frame[name].iloc[row])
-            allowed = f"finite numbers in column {name} (data row {row + 1} holds {held!r})"
+            held = _kind_of(str(frame[name].iloc[row]), values.iloc[row])
+            allowed = f"finite numbers in column {name} (data row {row + 1} holds {held})"
             raise ConfigError("data.path", shown, allowed)
         columns.append(values.to_numpy(dtype=np.float32))
     return np.stack(columns[:-1]), columns[-1]
@@ -110,13 +110,35 @@ def _feature_columns(found: list[str], shown: str) -> list[str]:
     too; other columns are left alone)."""
     numbered = [int(c[1:]) for c in found if re.fullmatch(r"x[1-9]\d*", c)]
     if "x" in found and numbered:
-        raise ConfigError("data.path", shown, f"{CSV_COLUMNS}, not both (found {', '.join(found)})")
+        found_text = _columns(found)
+        raise ConfigError("data.path", shown, f"{CSV_COLUMNS}, not both (found {found_text})")
+    if numbered and max(numbered) > FEATURES_MAX:  # (x99999999999 would name 1e11 columns)
+        allowed = f"at most {FEATURES_MAX} feature columns (found x{max(numbered)})"
+        raise ConfigError("data.path", shown, allowed)
     features = ["x"] if not numbered else [f"x{i}" for i in range(1, max(numbered) + 1)]
     missing = [c for c in [*features, "y"] if c not in found]
     if missing:
-        listed = ", ".join(found) or "none"
+        listed = _columns(found)
         raise ConfigError("data.path", shown, f"{CSV_COLUMNS} (missing {missing}; found {listed})")
     return features
+
+
+def _columns(found: list[str]) -> str:
+    """The header's column names that look like names; the rest only counted, so that a
+    file that is no CSV (/proc/self/environ, a key file) is never echoed."""
+    names = [c for c in found if re.fullmatch(r"[A-Za-z_][\w.]{0,30}", c)][:10]
+    others = len(found) - len(names)
+    listed = ", ".join(names) + (f" and {others} other column(s)" if others else "")
+    return listed.removeprefix(" and ") or "none"
+
+
+def _kind_of(cell: str, number: float) -> str:
+    """What a bad cell holds, in words: a message never echoes the file's content."""
+    if not cell.strip():
+        return "an empty cell"
+    if math.isnan(number):
+        return "no number" if cell.strip().lower() != "nan" else "nan"
+    return "a number beyond float32's range" if math.isfinite(number) else "an infinity"
 
 
 def split(

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import fcntl
 import functools
+import math
 import os
 import shutil
 import typing
@@ -31,47 +33,25 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from runner import hydra_settings, signals
 from runner.config import CONF_DIR, Config, ConfigError, tracking_uri_problem, validate
-from runner.ranges import float_range
+from runner.ranges import count, float_range
 from runner.search import Study
-from runner.store import default_tracking_uri, redact
+from runner.store import (
+    MLFLOW_TABLES,
+    default_tracking_uri,
+    password_problem,
+    redact,
+    sqlite_path,
+    sqlite_tables,
+)
+
+hydra_settings.guard_environment()  # ${oc.env:...} reads only the runner's own variables
 
 MAX_ARGUMENT = 10_000  # Hydra's override parser takes minutes on a 100 KB value
 
 # Keys under which a config names code to call: never from a command line.
 CODE_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
-# Where `_target_` may point in the composed config: Hydra's own plugins and the installed
-# plugins (the hydra_plugins namespace). A search's sampler and pruner are names
-# (runner/search.py), not code paths.
-TRUSTED_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.")
-# The handler and formatter classes of Hydra's own logging presets and ours.
-TRUSTED_LOGGING = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler",
-                   "logging.Formatter", "runner.logs.BelowWarning",
-                   "runner.logs.Console"}  # fmt: skip
-TRUSTED_STREAMS = {"ext://sys.stdout", "ext://sys.stderr"}
-# Launcher settings that run commands or set up environments on the workers.
-LAUNCHER_CODE_KEYS = {"setup", "srun_args", "additional_parameters", "runtime_env",
-                      "env_vars", "py_modules", "working_dir", "pip", "conda"}  # fmt: skip
-
-# The hydra.* settings a command line may change, by prefix; the rest stay as configured.
-HYDRA_SETTABLE = (
-    "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.chdir",
-    "hydra.output_subdir", "hydra.verbose", "hydra.searchpath",
-    "hydra.launcher.n_jobs", "hydra.launcher.prefer", "hydra.launcher.timeout",
-    "hydra.launcher.verbose", "hydra.launcher.pre_dispatch", "hydra.launcher.batch_size",
-    "hydra.launcher.partition", "hydra.launcher.timeout_min", "hydra.launcher.cpus_per_task",
-    "hydra.launcher.gpus_per_node", "hydra.launcher.tasks_per_node", "hydra.launcher.mem_gb",
-    "hydra.launcher.nodes", "hydra.launcher.name", "hydra.launcher.array_parallelism",
-    "hydra.launcher.account", "hydra.launcher.qos", "hydra.launcher.constraint",
-    "hydra.launcher.exclude", "hydra.launcher.comment", "hydra.launcher.max_batch",
-    "hydra.launcher.ray.init.address", "hydra.launcher.ray.remote.num_cpus",
-    "hydra.launcher.ray.remote.num_gpus",
-    "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.study_name",
-    "hydra.sweeper.params", "hydra.sweeper.sampler", "hydra.sweeper.pruner",
-    "hydra.sweeper.storage", "hydra.sweeper.report_every",
-    "hydra.sweeper.max_batch_size",
-)  # fmt: skip
-HYDRA_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra/job_logging", "hydra/hydra_logging"}
 OPTUNA_SWEEPER = "hydra_plugins.runner_optuna.OptunaSweeper"
 # Launchers that come with an extra of this project.
 EXTRAS = {"ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submitit"}
@@ -142,7 +122,7 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + searchpath
     cfg = compose_checked(fixed, _given(parsed))
-    check_code_paths(cfg)
+    check_hydra_node(cfg, searchpath)
     runs_jobs = not (args.cfg or args.info or args.shell_completion or args.hydra_help
                      or args.version)  # fmt: skip
     conf = typed(cfg, _given(parsed))
@@ -150,8 +130,10 @@ def check(argv: list[str], reserve: bool = True) -> Plan:
     _check_hydra_settings(cfg, args.multirun)
     study = None
     if args.multirun:
+        assert conf is not None
+        _check_size(cfg, parsed, searchpath, conf)
         check_sweep_values(cfg, parsed, searchpath)
-        study = _check_search(cfg, parsed, conf)
+        study = _check_search(cfg, parsed, conf, searchpath)
     out_dir, created = (
         _reserve(cfg, parsed, args.multirun) if runs_jobs and reserve else (None, None)
     )
@@ -215,23 +197,39 @@ def _check_override(o: Override, multirun: bool, searchpath: list[str]) -> None:
 
 
 def _check_hydra_override(o: Override) -> None:
+    """A `hydra` override names a launcher or sweeper the runner offers, or a key of the
+    allow-list (runner/hydra_settings.py); its value is checked once composed."""
     key = o.key_or_group
+    if o.is_sweep_override() or o.is_delete():
+        raise ConfigError(key, _value_text(o), "a single value (Hydra's settings are not swept "
+                          "or removed)")  # fmt: skip
     if "/" in key:  # a group choice, e.g. hydra/launcher=joblib
-        if key not in HYDRA_GROUPS:
-            raise ConfigError(key, _value_text(o), f"one of {', '.join(sorted(HYDRA_GROUPS))}")
         option = str(o.value())
+        if key in hydra_settings.FIXED_GROUPS:
+            raise ConfigError(key, option, "the runner's own (its logging is fixed)")
+        if key not in hydra_settings.GROUPS:
+            raise ConfigError(key, option, f"one of {', '.join(hydra_settings.GROUPS)}")
+        if option not in hydra_settings.GROUPS[key]:
+            raise ConfigError(key, option, "one of " + ", ".join(hydra_settings.GROUPS[key]))
         if key == "hydra/launcher" and option in EXTRAS and not _launcher_installed(option):
             extra = EXTRAS[option]
             allowed = f"installed first: pip install 'runner[{extra}]' (or -e '.[{extra}]')"
             raise ConfigError(key, option, allowed)
         return
-    if not any(key == k or key.startswith(k + ".") for k in HYDRA_SETTABLE):
-        raise ConfigError(key, _value_text(o), "not settable from the command line")
     if key == "hydra.searchpath":
         for entry in o.value() or []:
             if not str(entry).startswith("file://"):
                 allowed = "a list of file:// directories (pkg:// would import a package)"
                 raise ConfigError(key, entry, allowed)
+        return
+    if hydra_settings.setting(key.lstrip("+")) is None:
+        raise ConfigError(key, _value_text(o), _hydra_keys_hint(key.lstrip("+")))
+
+
+def _hydra_keys_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, list(hydra_settings.SETTINGS), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"one of the Hydra settings the runner takes ({hint}python -m runner --help lists them)"
 
 
 def _launcher_installed(option: str) -> bool:
@@ -265,6 +263,13 @@ def _search_path(config_dir: str | None, parsed: list[Override]) -> list[str]:
         if not path.is_dir():
             raise ConfigError("--config-dir", config_dir, "an existing directory")
         entries.append(f"file://{path}")
+    for entry in entries:
+        if (Path(entry.removeprefix("file://")) / "hydra").exists():
+            allowed = (
+                "presets for the runner's groups (experiment, data, optimizer, ...) "
+                "without a hydra/ folder: Hydra's settings are the runner's own"
+            )
+            raise ConfigError("--config-dir", entry.removeprefix("file://"), allowed)
     return [f"hydra.searchpath=[{','.join(quoted(e) for e in entries)}]"] if entries else []
 
 
@@ -327,29 +332,30 @@ def typed(cfg: DictConfig, given: dict[str, str] | None = None) -> Config:
     return conf
 
 
-def check_code_paths(cfg: DictConfig) -> None:
-    """Whatever the YAML files reached, nothing but trusted code is named."""
-    hydra = cfg.hydra
-    if hydra.callbacks:
-        raise ConfigError("hydra.callbacks", list(hydra.callbacks), "none (code paths are fixed)")
-    for key, value in _walk(cfg):
-        last = key.rsplit(".", 1)[-1]
-        if last in CODE_KEYS - {"_target_"} or (
-            last == "_target_" and not str(value).startswith(TRUSTED_TARGETS)
-        ):
-            raise ConfigError(key, value, "code the runner's configs and plugins name")
-    for section in ("job_logging", "hydra_logging"):
-        for key, value in _walk(hydra[section], f"hydra.{section}"):
-            last = key.rsplit(".", 1)[-1]
-            if last in ("class", "()") and value not in TRUSTED_LOGGING:
-                raise ConfigError(key, value, "one of " + ", ".join(sorted(TRUSTED_LOGGING)))
-            if str(value).startswith("ext://") and value not in TRUSTED_STREAMS:
-                raise ConfigError(key, value, "ext://sys.stdout or ext://sys.stderr")
-    if hydra.job.env_set or hydra.job.env_copy:
-        raise ConfigError("hydra.job.env_set", dict(hydra.job.env_set), "empty")
-    for key, value in _walk(hydra.launcher, "hydra.launcher"):
-        if set(key.split(".")) & LAUNCHER_CODE_KEYS and value not in (None, "", "null"):
-            raise ConfigError(key, value, "unset (commands on the workers are not configurable)")
+def check_hydra_node(cfg: DictConfig, searchpath: list[str]) -> None:
+    """Whatever the command line and the YAML files it reached did, the composed `hydra`
+    node is the runner's own for the chosen launcher and sweeper, but for the allow-list's
+    keys, each within its range (runner/hydra_settings.py)."""
+    choices = cfg.hydra.runtime.choices
+    for group, options in hydra_settings.GROUPS.items():
+        if choices.get(group) not in options:
+            raise ConfigError(group, choices.get(group), "one of " + ", ".join(options))
+    for group, option in hydra_settings.FIXED_GROUPS.items():
+        if choices.get(group) != option:
+            raise ConfigError(group, choices.get(group), "the runner's own (its logging is fixed)")
+    entries = [str(e) for e in cfg.hydra.searchpath or []]
+    if entries != _search_entries(searchpath):
+        raise ConfigError("hydra.searchpath", entries, "set by --config-dir (or on the command "
+                          "line), not by a preset")  # fmt: skip
+    reference = _runner_own(choices["hydra/launcher"], choices["hydra/sweeper"])
+    for key, value, allowed in hydra_settings.foreign(cfg, reference):
+        raise ConfigError(key, value, allowed)
+
+
+@functools.cache
+def _runner_own(launcher: str, sweeper: str) -> DictConfig:
+    """The runner's own config for this launcher and sweeper: its `hydra` node is the rule."""
+    return compose_checked([f"hydra/launcher={launcher}", f"hydra/sweeper={sweeper}"], {})
 
 
 def _walk(node: Any, prefix: str = "", lists: bool = True) -> typing.Iterator[tuple[str, Any]]:
@@ -377,15 +383,9 @@ def _check_default_store(conf: Config) -> None:
 
 def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
     """What Hydra will do with its own settings: where it writes, how it launches."""
-    subdir = cfg.hydra.output_subdir
-    if subdir is not None and (Path(subdir).is_absolute() or ".." in Path(subdir).parts):
-        raise ConfigError("hydra.output_subdir", subdir, "null or a path inside the run directory")
     if not multirun:
         return
-    launcher = cfg.hydra.launcher
-    target = str(launcher.get("_target_", ""))
-    if target.endswith("JoblibLauncher") and launcher.n_jobs == 0:
-        raise ConfigError("hydra.launcher.n_jobs", 0, "-1 (one per core) or an integer >= 1")
+    target = str(cfg.hydra.launcher.get("_target_", ""))
     if target.endswith("RayLauncher") and not Path(str(cfg.hydra.sweep.dir)).is_absolute():
         # Ray runs every job in the directory `ray start` ran in: a relative sweep dir puts
         # the jobs' outputs there, where summary.csv never looks.
@@ -397,21 +397,26 @@ def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
 
 
 def check_sweep_values(cfg: DictConfig, parsed: list[Override], searchpath: list[str]) -> None:
-    """Every value the sweep will use, one key at a time, on top of the base config."""
+    """Every value the sweep will use, one key at a time, on top of the base config: the
+    command line's and the search space's (hydra.sweeper.params), swept or not."""
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     fixed = [o for o in fixed if not o.startswith("hydra.searchpath=")] + searchpath
     base = typed(cfg)
     variant = _without_hydra(cfg)  # one copy, each value set into it in turn
-    for o in [*parsed, *_sweeper_params(cfg)]:
-        if not o.is_sweep_override() or o.is_hydra_override():
-            continue  # hydra.*: not a job's setting
+    params = _sweeper_params(cfg, searchpath)
+    for o in [*[o for o in parsed if o.is_sweep_override()], *params]:
+        if o.is_hydra_override():
+            continue  # refused by _check_hydra_override unless a single value
         key = o.key_or_group.lstrip("+")
         for value in _values_to_check(o):
+            _honor_a_stop()  # (a sweep's values can take a while to check)
             line = f"{o.get_key_element()}={value}"
             given = {o.key_or_group.lstrip("+~"): str(value)}
-            if o.key_or_group in _groups():  # a group option: compose it
+            if o.key_or_group in _groups():  # a group option: compose it, hydra node and all
                 _check_option(o.key_or_group, str(value), searchpath)
-                typed(compose_checked([*fixed, line], given), given)
+                composed = compose_checked([*fixed, line], given)
+                check_hydra_node(composed, searchpath)
+                typed(composed, given)
                 continue
             try:  # a plain key: OmegaConf converts and type-checks it, no composition needed
                 OmegaConf.update(variant, key, value, merge=True)
@@ -426,22 +431,62 @@ def check_sweep_values(cfg: DictConfig, parsed: list[Override], searchpath: list
             validate(_replaced(base, key.split("."), converted))
 
 
-def _sweeper_params(cfg: DictConfig) -> list[Override]:
-    """hydra.sweeper.params (a preset's search space) as overrides, `key=sweep`."""
+def _honor_a_stop() -> None:
+    """A stop signal noted while the command line is checked ends the check now."""
+    if signals.STOPPER.stop.is_set():
+        raise signals.NotStarted(signals.STOPPER.signum)
+
+
+def _sweeper_params(cfg: DictConfig, searchpath: list[str]) -> list[Override]:
+    """hydra.sweeper.params (a preset's search space) as overrides, `key=sweep`, each held
+    to what a command line may say: a job's setting, never Hydra's."""
     params = cfg.hydra.sweeper.get("params") or {}
-    return [parse(f"{key}={value}") for key, value in params.items()]
+    parsed = []
+    for key, value in params.items():
+        o = parse(f"{key}={value}")
+        if o.is_hydra_override():
+            raise ConfigError(f"hydra.sweeper.params.{key}", value, "a setting of the runner's "
+                              "own (Hydra's settings are not swept)")  # fmt: skip
+        _check_override(o, True, searchpath)
+        parsed.append(o)
+    return parsed
+
+
+def sweep_size(cfg: DictConfig, parsed: list[Override], searchpath: list[str]) -> int:
+    """How many jobs a grid makes, counted without making them; a search's trials."""
+    if cfg.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
+        return int(cfg.hydra.sweeper.n_trials)
+    by_key = {o.get_key_element(): o for o in _sweeper_params(cfg, searchpath)}
+    by_key |= {o.get_key_element(): o for o in parsed if not o.is_hydra_override()}
+    return math.prod(count(o) for o in by_key.values())
+
+
+def _check_size(cfg: DictConfig, parsed: list[Override], searchpath: list[str],
+                conf: Config) -> None:  # fmt: skip
+    size = sweep_size(cfg, parsed, searchpath)
+    swept = " ".join(o.input_line for o in parsed if o.is_sweep_override()) or "(no list)"
+    if size == 0:
+        raise ConfigError("sweep", swept, "a sweep of at least one job (an empty range?)")
+    if size > conf.sweep.max_jobs:
+        allowed = (f"at most sweep.max_jobs={conf.sweep.max_jobs:,} jobs ({size:,} asked; "
+                   "raise sweep.max_jobs to run more)")  # fmt: skip
+        raise ConfigError("sweep", swept, allowed)
 
 
 def _values_to_check(o: Override) -> list[Any]:
     """The values a sweep will set: a list's or a range's (a float range as the sweeper
     computes it), or an interval's two ends (every sample lies between them)."""
+    if not o.is_sweep_override():
+        return [o.value()]
     if o.is_interval_sweep():
         return [o.value().start, o.value().end]
     texts = float_range(o)
     return [float(t) for t in texts] if texts else list(o.sweep_iterator())
 
 
-def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Study | None:
+def _check_search(
+    cfg: DictConfig, parsed: list[Override], conf: Config, searchpath: list[str]
+) -> Study | None:
     """A search's own settings (hydra/sweeper=optuna), and where its study is."""
     sweeper = cfg.hydra.sweeper
     if sweeper.get("_target_") != OPTUNA_SWEEPER:
@@ -457,10 +502,14 @@ def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Stud
     if storage is not None and not str(storage).startswith(search.JOURNAL) and "://" not in storage:
         allowed = "null (optuna.db beside the MLflow store), a database URL or journal:PATH"
         raise ConfigError("hydra.sweeper.storage", storage, allowed)
+    if storage is not None and (problem := password_problem(str(storage), "storage")):
+        raise ConfigError("hydra.sweeper.storage", redact(str(storage)), problem)
     # A bad name or argument: one line (Optuna's own check, by building them).
     search.sampler(OmegaConf.to_container(sweeper.sampler, resolve=True))
     search.pruner(OmegaConf.to_container(sweeper.pruner, resolve=True))
-    overrides = [o for o in [*_sweeper_params(cfg), *parsed] if not o.is_hydra_override()]
+    overrides = [
+        o for o in [*_sweeper_params(cfg, searchpath), *parsed] if not o.is_hydra_override()
+    ]
     if not any(o.is_sweep_override() for o in overrides):
         allowed = ("a search space: a swept key, e.g. \"lr=tag(log,interval(1e-3,1))\" or "
                    "optimizer=choice(sgd,adam), or search=optuna_lr")  # fmt: skip
@@ -475,7 +524,7 @@ def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Stud
     uri = conf.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
     study = search.locate(sweeper, lines, Path.cwd(), uri if conf.mlflow.enabled else None,
                           conf.epochs)  # fmt: skip
-    if problem := _storage_problem(study.storage):  # (a password in the URL is not shown)
+    if problem := _storage_problem(study.storage, uri if conf.mlflow.enabled else None):
         shown = redact(study.storage)
         raise ConfigError(
             "hydra.sweeper.storage", redact(str(sweeper.storage)), f"{shown}: {problem}"
@@ -483,7 +532,7 @@ def _check_search(cfg: DictConfig, parsed: list[Override], conf: Config) -> Stud
     return study
 
 
-def _storage_problem(storage: str) -> str | None:
+def _storage_problem(storage: str, tracking_uri: str | None) -> str | None:
     """Why a study cannot be stored there (checked without writing anything), or None."""
     from runner.search import JOURNAL
 
@@ -493,6 +542,11 @@ def _storage_problem(storage: str) -> str | None:
             return f"no directory {path.parent}"
         if path.exists() and not path.is_file():
             return f"{path} is not a file"
+        store = sqlite_path(tracking_uri) if tracking_uri else None
+        if (store is not None and path.resolve() == store.resolve()) or (
+            MLFLOW_TABLES & sqlite_tables(path)
+        ):
+            return "a file of its own (this is an MLflow store; the default is optuna.db beside it)"
         return _unwritable(path.parent)
     from sqlalchemy.engine import make_url
 
@@ -529,6 +583,8 @@ def _reserve(cfg: DictConfig, parsed: list[Override], multirun: bool) -> tuple[P
         if _holds_a_run(path, multirun):
             raise ConfigError(key, str(path), "a directory that holds no earlier run or sweep")
         path.mkdir(parents=True, exist_ok=True)
+        if not _claim(path):  # two commands started together: the second sees the first here
+            raise ConfigError(key, str(path), "a directory no other live run or sweep writes to")
         return path, missing[0] if missing else None
     path.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
@@ -539,6 +595,28 @@ def _reserve(cfg: DictConfig, parsed: list[Override], multirun: bool) -> tuple[P
         except FileExistsError:
             continue
     raise ConfigError(key, str(path), "a pattern that leads to fewer than 10,000 runs a second")
+
+
+_CLAIMED: dict[Path, int] = {}  # directory -> the open descriptor that holds its lock
+
+
+def _claim(path: Path) -> bool:
+    """An exclusive lock on the directory for as long as this process lives (the kernel
+    drops it when the process ends, however it ends); False when another process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _CLAIMED[path] = fd
+    return True
+
+
+def release(path: Path | None) -> None:
+    """Let go of a directory this process claimed (a run that never started)."""
+    if path is not None and (fd := _CLAIMED.pop(path, None)) is not None:
+        os.close(fd)
 
 
 def _holds_a_run(path: Path, multirun: bool) -> bool:

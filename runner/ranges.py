@@ -9,10 +9,11 @@ written back as short decimals. Integer ranges stay Hydra's.
 
 from __future__ import annotations
 
+import math
 import random
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
-from hydra.core.override_parser.types import Override, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 
 from runner.config import ConfigError
 
@@ -22,13 +23,9 @@ def float_range(o: Override) -> list[str] | None:
     swept = o.value()
     if not isinstance(swept, RangeSweep):
         return None
-    ends = (swept.start, swept.stop, swept.step)
-    if not any(isinstance(v, float) for v in ends):
+    if not any(isinstance(v, float) for v in (swept.start, swept.stop, swept.step)):
         return None  # an integer range: Hydra's
-    start, stop, step = (Decimal(repr(v)) for v in ends)
-    if step == 0:
-        shown = f"range({swept.start},{swept.stop},{swept.step})"
-        raise ConfigError(o.get_key_element(), shown, "a range whose step is not 0")
+    start, stop, step = _ends(o, swept)
     values = []
     value = start
     while value < stop if step > 0 else value > stop:
@@ -43,3 +40,30 @@ def _text(value: Decimal) -> str:
     """Short and plain: 0.5, not 0.50 or 5E-1; a whole number keeps its .0 (a float range)."""
     text = format(value.normalize(), "f")
     return text if "." in text else f"{text}.0"
+
+
+def count(o: Override) -> int:
+    """How many values an override sets, computed without making them (a range of a
+    trillion is one division, not a trillion values)."""
+    if not o.is_sweep_override():
+        return 1
+    swept = o.value()
+    if isinstance(swept, RangeSweep):
+        start, stop, step = _ends(o, swept)
+        return max(0, int(((stop - start) / step).to_integral_value(ROUND_CEILING)))
+    if isinstance(swept, ChoiceSweep):
+        return len(swept.list)
+    allowed = "a comma list or range(start,stop,step) in a grid (interval() is for search=optuna)"
+    raise ConfigError(o.get_key_element(), o.input_line.split("=", 1)[-1], allowed)
+
+
+def _ends(o: Override, swept: RangeSweep) -> tuple[Decimal, Decimal, Decimal]:
+    """A range's start, stop and step as typed (exact decimals): finite, the step not 0."""
+    shown = f"range({swept.start},{swept.stop},{swept.step})"
+    ends = (swept.start, swept.stop, swept.step)
+    if not all(math.isfinite(v) for v in ends):
+        raise ConfigError(o.get_key_element(), shown, "a range of finite numbers")
+    start, stop, step = (Decimal(repr(v)) for v in ends)
+    if step == 0:
+        raise ConfigError(o.get_key_element(), shown, "a range whose step is not 0")
+    return start, stop, step

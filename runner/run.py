@@ -40,7 +40,7 @@ from runner.schedules import Schedule, build_schedule
 from runner.search import Reporter, Study, reporting
 from runner.signals import STOPPER, NotStarted
 from runner.sinks import ConsoleSink, CsvSink, ProgressSink, Sink
-from runner.store import default_tracking_uri, run_name, server_problem
+from runner.store import default_tracking_uri, redact_text, run_name, server_problem
 from runner.tracking import DataSpec, Ending, ModelSpec, RunSpec, tracker
 
 log = logging.getLogger("runner")
@@ -453,7 +453,10 @@ def _mlflow_sink(
     if not conf.mlflow.required and (problem := server_problem(uri)):
         log.warning(f"runner: mlflow skipped: {uri} does not answer ({problem}); CSV only")
         return None
-    tags = {"hydra.output_dir": str(ctx.run_dir), "hydra.overrides": " ".join(ctx.overrides)}
+    tags = {
+        "hydra.output_dir": str(ctx.run_dir),
+        "hydra.overrides": redact_text(" ".join(ctx.overrides)),
+    }
     tags["runner.main_pid"] = str(os.getpid())  # the trainer (runner.pid: the run's writer)
     tags["runner.digest"] = digest  # a grid sweep run again reuses it (runner/reuse.py)
     tags |= record(s.x.device, ctx.command)  # code, versions, machine, command line

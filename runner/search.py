@@ -183,10 +183,39 @@ def _built(module: Any, registry: dict[str, str], settings: dict[str, Any], key:
     name = settings.get("name")
     if name not in registry:
         raise ConfigError(f"{key}.name", name, "one of " + ", ".join(registry))
+    built = getattr(module, registry[name])
+    for arg, value in arguments.items():  # Optuna takes any type here and fails mid-search
+        if problem := _argument_problem(built, arg, value):
+            raise ConfigError(f"{key}.{arg}", value, f"{problem} ({registry[name]})")
+    if isinstance(arguments.get("seed"), int):  # numpy's generators take [0, 2**32)
+        arguments["seed"] %= 2**32
     try:
-        return getattr(module, registry[name])(**arguments)
+        return built(**arguments)
     except (TypeError, ValueError) as err:
         raise ConfigError(key, settings, f"arguments {registry[name]} takes ({err})") from None
+
+
+def _argument_problem(built: Any, arg: str, value: Any) -> str | None:
+    """Whether `value` has the type of the argument's default (an int for an int, ...)."""
+    import inspect
+
+    parameter = inspect.signature(built).parameters.get(arg)
+    if parameter is None:
+        return None  # Optuna's own error names it
+    default = parameter.default
+    if arg == "seed" or (isinstance(default, int) and not isinstance(default, bool)):
+        ok, words = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        ok = ok or (arg == "seed" and value is None)
+    elif isinstance(default, bool):
+        ok, words = isinstance(value, bool), "true or false"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        words = "a number"
+    else:
+        return None
+    if ok and not isinstance(value, bool) and isinstance(value, (int, float)) and value < 0:
+        return "a number >= 0"
+    return None if ok else words
 
 
 # --- the search space, from the command line ----------------------------------------------

@@ -5,8 +5,9 @@ Nothing here imports MLflow.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,8 +24,34 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix(SQLITE)) if tracking_uri.startswith(SQLITE) else None
 
 
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of an existing SQLite file, read-only (nothing is created or locked for
+    long); empty for a new or unreadable file."""
+    import sqlite3
+
+    if not path.is_file():
+        return set()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return set()
+    return {name for (name,) in rows}
+
+
+OPTUNA_TABLES = {"studies", "trials"}  # what marks a file as an Optuna study, not MLflow's
+MLFLOW_TABLES = {"experiments", "runs"}
+
+
 def missing_store_error(tracking_uri: str) -> str | None:
-    """For the read-only tools: a one-line reason when a local store does not exist yet."""
+    """For the tools (compare, cleanup, dashboard): a one-line reason when their store
+    cannot be read: a password in its URL, a local store that does not exist yet, a server
+    that does not answer within seconds."""
+    if problem := password_problem(tracking_uri, "tracking"):
+        return f"--tracking-uri={redact(tracking_uri)} is not allowed: {problem}"
+    if problem := server_problem(tracking_uri):
+        where = f"no MLflow server answers at {tracking_uri} ({problem})"
+        return f"{where}; start one, or pass --tracking-uri"
     path = sqlite_path(tracking_uri)
     if path is not None and not path.is_file():
         return (
@@ -34,12 +61,35 @@ def missing_store_error(tracking_uri: str) -> str | None:
     return None
 
 
+# Where each kind of URL the runner reads takes a password from, instead of the URL.
+PASSWORD_FROM = {
+    "tracking": "MLflow reads them from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+    "or a token from MLFLOW_TRACKING_TOKEN",
+    "storage": "PostgreSQL reads PGPASSWORD or ~/.pgpass, MySQL ~/.my.cnf",
+}
+
+
+def password_problem(url: str, kind: str) -> str | None:
+    """The one rule for every URL the runner reads (the tracking URI, a study's storage,
+    the tools' --tracking-uri): a password in it is refused, since a URL is shown in
+    messages, logged and stored in tags. `kind` is a key of PASSWORD_FROM."""
+    _, sep, rest = url.partition("://")
+    if sep and ":" in rest.rpartition("@")[0]:  # user:password@host, whatever it holds
+        return f"a URL without user:password ({PASSWORD_FROM[kind]})"
+    return None
+
+
 def redact(uri: str) -> str:
     """The URI without a user:password@ part (the runner refuses them; other tools may see one)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
+    scheme, sep, rest = uri.partition("://")
+    if not sep or "@" not in rest:
         return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}"))
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"  # all before the last @ may be secret
+
+
+def redact_text(text: str) -> str:
+    """A command line (or any text) with every URL's user:password@ part hidden."""
+    return re.sub(r"([A-Za-z][\w+.-]*://)\S*@", r"\1***@", text)
 
 
 def run_name(overrides: list[str]) -> str:

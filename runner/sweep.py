@@ -21,7 +21,7 @@ from runner.logs import console
 from runner.mlflow_sink import MlflowSink, end_the_unended, timeout
 from runner.report import parameter_columns, summarize, sweep_plots
 from runner.search import Study
-from runner.store import default_tracking_uri, redact, run_name
+from runner.store import default_tracking_uri, redact, redact_text, run_name
 from runner.tracking import Ending, RunSpec, TrackingError
 
 log = logging.getLogger("runner")
@@ -44,7 +44,8 @@ class Sweep:
         self.parent: MlflowSink | None = None
         if conf.mlflow.enabled:
             uri = conf.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
-            tags = {"runner.sweep_dir": str(sweep_dir), "hydra.overrides": " ".join(overrides),
+            tags = {"runner.sweep_dir": str(sweep_dir),
+                    "hydra.overrides": redact_text(" ".join(overrides)),
                     "runner.command": command, "runner.main_pid": str(os.getpid())}  # fmt: skip
             name, resume_by = f"sweep {run_name(overrides)}", None
             if study is not None:

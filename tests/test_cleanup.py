@@ -102,3 +102,26 @@ def test_cleanup_without_a_store_is_one_line(
     assert main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("runner.cleanup: error: no MLflow store at") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("tool", ["cleanup", "compare", "dashboard"])
+def test_a_tool_refuses_a_password_in_its_url_at_once(
+    tool: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one rule for URLs (runner/store.py): no password in a URL, shown or sent."""
+    import importlib
+
+    main_of = importlib.import_module(f"runner.{tool}").main
+    assert main_of(["--tracking-uri", "http://alice:S3cr3t@127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "S3cr3t" not in err
+    assert "MLFLOW_TRACKING_PASSWORD" in err
+
+
+def test_a_tool_whose_server_does_not_answer_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--tracking-uri", "http://127.0.0.1:9"]) == 2  # nothing listens on port 9
+    err = capsys.readouterr().err
+    assert err.startswith("runner.cleanup: error: no MLflow server answers at http://127.0.0.1:9")
+    assert err.count("\n") == 1

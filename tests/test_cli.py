@@ -205,3 +205,85 @@ def test_help_wherever_it_is_asked_for(
     monkeypatch.setattr(sys, "argv", ["runner", *argv])
     cli.main()  # returns: no run, no SystemExit
     assert capsys.readouterr().out.startswith("usage: python -m runner [-m] [key=value ...]")
+
+
+def test_a_stop_signal_while_a_large_sweep_is_checked_ends_the_check_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checking a sweep's values can take seconds: a stop noted meanwhile ends it at the next
+    value, in one line, with nothing reserved."""
+    import signal
+
+    from runner import cli, gate, signals
+
+    monkeypatch.chdir(tmp_path)
+    stopper = _main_in_process(monkeypatch, ["-m", "lr=range(0.0001,1.0001,0.0001)"])
+    monkeypatch.setattr(signals, "STOPPER", stopper)
+    checked: list[object] = []
+    values = gate._values_to_check
+
+    def signalled(o: object) -> list[object]:
+        stopper.handle(signal.SIGINT, None)  # noted, not raised
+        found = values(o)
+        checked.extend(found)
+        return found
+
+    monkeypatch.setattr(gate, "_values_to_check", signalled)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 130
+    assert (
+        capsys.readouterr().err == "runner: stopped by SIGINT before it started: nothing was run\n"
+    )
+    assert len(checked) == 10_000  # listed, but not one composed or validated after the stop
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_another_live_command_writes_to_is_refused(tmp_path: Path) -> None:
+    """Two sweeps started together with the same hydra.sweep.dir: the second is refused (the
+    first holds a lock on the directory for as long as its process lives)."""
+    from runner import gate
+    from runner.config import ConfigError
+
+    argv = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "lr=0.1,0.2", "mlflow.enabled=false"]
+    first = gate.check(argv)
+    try:
+        with pytest.raises(ConfigError, match="a directory no other live run or sweep writes to"):
+            gate.check(argv)  # (an flock is per open file: this process counts as another)
+    finally:
+        gate.release(first.out_dir)
+    second = gate.check(argv)  # released: free again
+    gate.release(second.out_dir)
+
+
+@pytest.mark.slow
+def test_code_beside_the_command_is_not_imported(tmp_path: Path) -> None:
+    """A hydra_plugins/ folder where `python -m runner` starts is not plugin code (Python puts
+    that directory first on the import path; the runner takes it off)."""
+    marker = tmp_path / "imported"
+    plugin = tmp_path / "hydra_plugins" / "evil"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    refused = run_cli("lr=0", cwd=tmp_path)
+    ran = run_cli("-m", "lr=0.1,0.2", "epochs=2", "mlflow.enabled=false", cwd=tmp_path)
+    assert refused.returncode == 2 and ran.returncode == 0, ran.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_real_signal_while_a_large_sweep_is_checked_ends_it_in_a_moment(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from support import start_runner
+
+    process = start_runner("-m", "lr=range(0.00001,1.00001,0.00001)", "sweep.max_jobs=100000",
+                           cwd=tmp_path)  # fmt: skip
+    time.sleep(2.0)  # imported, checking the 100,000 values (about 20 s of work)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    waited = time.monotonic() - sent
+    assert process.returncode == 143, err
+    assert err == "runner: stopped by SIGTERM before it started: nothing was run\n", waited
+    assert list(tmp_path.iterdir()) == []

@@ -101,7 +101,11 @@ BAD = [
         "MLFLOW_TRACKING_PASSWORD",
     ),
     ("-m hydra/launcher=joblib hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs", ">= 1"),
-    ("hydra.output_subdir=/proc/x", "hydra.output_subdir", "inside the run directory"),
+    (
+        "hydra.output_subdir=/proc/x",
+        "hydra.output_subdir",
+        "one of the Hydra settings the runner takes",
+    ),
     ("lr=" + "0" * 100_000, "argument", "at most 10000 characters"),
     ("data=seed_003 data.x=[1,2]", "data.y", "as long as data.x"),
     ("optimizer.name=adamw", "optimizer.name", "manual, sgd, adam"),

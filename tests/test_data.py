@@ -51,11 +51,15 @@ def test_csv_is_read_relative_to_the_launch_dir(tmp_path: Path) -> None:
 
 BAD_CSV = {
     "missing column": ("x,z\n1,2\n", "missing ['y']"),
-    "non-numeric cell": ("x,y\n1,2\n2,abc\n", "column y (data row 2 holds 'abc')"),
+    "non-numeric cell": ("x,y\n1,2\n2,abc\n", "column y (data row 2 holds no number)"),
     "NaN cell": ("x,y\n1,2\nnan,3\n", "column x (data row 2"),
     "empty cell (x and y of different lengths)": ("x,y\n1,2\n2,\n", "column y (data row 2"),
     "zero rows": ("x,y\n", "at least one row"),
     "empty file": ("", "readable CSV"),
+    # a file that is no CSV (/proc/self/environ, a key file): its content is never echoed
+    "not a CSV": ("SECRET=hunter2\0TOKEN=hunter2\n", "found 1 other column(s)"),
+    "a secret in a cell": ("x,y\n1,hunter2\n", "column y (data row 1 holds no number)"),
+    "a header naming 1e11 features": ("x99999999999,y\n1,2\n", "at most 1000 feature columns"),
 }
 
 
@@ -67,6 +71,7 @@ def test_bad_csv_is_a_config_error(tmp_path: Path, case: str) -> None:
         _arrays("data=csv", "data.path=bad.csv", base=tmp_path)
     assert str(caught.value).startswith("data.path=")
     assert hint in str(caught.value)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_missing_csv(tmp_path: Path) -> None:
@@ -84,7 +89,7 @@ def test_a_csv_with_columns_x1_to_xk_has_k_features(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "hint"),
     [("x1,x3,y\n1,2,3\n", "missing ['x2']"), ("x,x1,y\n1,2,3\n", "not both"),
-     ("x1,x2,y\n1,inf,3\n", "column x2 (data row 1 holds 'inf')")],
+     ("x1,x2,y\n1,inf,3\n", "column x2 (data row 1 holds an infinity)")],
     ids=["a gap", "x and x1", "a bad cell"],
 )  # fmt: skip
 def test_bad_feature_columns_are_a_config_error(tmp_path: Path, text: str, hint: str) -> None:

@@ -150,6 +150,21 @@ def test_samplers_and_pruners_come_by_name_with_their_arguments() -> None:
         search.pruner({"name": "os.system"})
     with pytest.raises(ConfigError, match="unexpected keyword argument 'bogus'"):
         search.sampler({"name": "tpe", "bogus": 1})
+    # Optuna would take these and fail mid-search: refused by the arguments' types
+    with pytest.raises(ConfigError, match=r"n_startup_trials='abc' is not allowed: an integer"):
+        search.sampler({"name": "tpe", "n_startup_trials": "abc"})
+    with pytest.raises(ConfigError, match=r"n_warmup_steps=-3 is not allowed: a number >= 0"):
+        search.pruner({"name": "median", "n_warmup_steps": -3})
+
+
+def test_a_seed_beyond_numpy_s_range_is_folded_into_it() -> None:
+    """seed=4294967295 resumed: the sweeper adds the trials so far to the seed; numpy's
+    generators take [0, 2**32), so the seed is taken modulo 2**32 (the same trials)."""
+    folded = search.sampler({"name": "random", "seed": 2**32 + 6})
+    same = search.sampler({"name": "random", "seed": 6})
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    asked = [optuna.create_study(sampler=s).ask(space).params["x"] for s in (folded, same)]
+    assert asked[0] == asked[1]
 
 
 # --- the study from the sweeper's side and from a trial's ---------------------------------

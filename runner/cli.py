@@ -163,14 +163,28 @@ def _fail(err: object, code: int) -> None:
 def job(cfg: DictConfig) -> float | Pruned:
     """One job: its settings (checked by the gate already), its context, its run."""
     _http_defaults()  # again: a Ray or Slurm job runs in a process that never ran main()
+    if _in_a_worker() and install(quiet=True).stop.is_set():
+        return math.inf  # its sweep is stopping: the job does not start (KILLED in summary)
     from runner.run import run  # torch is imported only now
 
     hydra_cfg = HydraConfig.get()
     conf = OmegaConf.to_object(cfg)  # Hydra hands the job's config without its hydra node
     assert isinstance(conf, Config)
-    with _refusing(conf):
-        result = run(conf, _context(hydra_cfg))
+    try:
+        with _refusing(conf):
+            result = run(conf, _context(hydra_cfg))
+    except NotStarted:
+        if _in_a_worker():
+            return math.inf
+        raise
     return _returned(result, hydra_cfg.mode == RunMode.MULTIRUN)
+
+
+def _in_a_worker() -> bool:
+    """A parallel launcher's worker (joblib), or a Ray or Slurm job: not the command's own
+    process. It handles the stop signals itself, quietly, and returns when stopped: an
+    exception would make the launcher kill the other workers midway through their chunks."""
+    return os.environ.get(MAIN_PID) != str(os.getpid())
 
 
 def run_together(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | Pruned]:
@@ -239,7 +253,9 @@ def _returned(result: Result, multirun: bool) -> float | Pruned:
     """What Hydra gets back from a job: its final loss, a pruned trial's Pruned, or a stop."""
     from runner.search import Pruned
 
-    if result.status == "KILLED":
+    if result.status == "KILLED" or result.signal:  # (a stopped run whose store failed: FAILED)
+        if _in_a_worker():
+            return math.inf  # the sweep's own process stops the sweep (runner_sweeper)
         raise Stop(result.signal or 2)  # the sweep stops with its job
     if result.status == "PRUNED":
         return Pruned(result.pruned_at_epoch, result.pruned_by or "pruner")

@@ -227,7 +227,7 @@ def _check_hydra_override(o: Override) -> None:
 
 
 def _hydra_keys_hint(key: str) -> str:
-    close = difflib.get_close_matches(key, list(hydra_settings.SETTINGS), n=1)
+    close = difflib.get_close_matches(key, list(hydra_settings.SETTINGS), n=1, cutoff=0.86)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"one of the Hydra settings the runner takes ({hint}python -m runner --help lists them)"
 

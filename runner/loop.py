@@ -210,7 +210,17 @@ def train(
                 final = torch.cat([model.stacked(n).detach() for n in names], dim=-1)
                 values, finals = _to_host(rows[:recorded], final)
                 start, first, recorded = first, epoch + 1, 0  # handed over below, come what may
+                handed: set[int] = set()
                 for j in list(active):
+                    if stop is not None and stop.is_set():
+                        # Handing a batch's chunk over waits on the store (runner/tracking.py
+                        # bounds its backlog): a stop meanwhile keeps the rest of this chunk
+                        # from every sink of the members not yet handed it, so that the stop
+                        # takes seconds and each CSV still equals its MLflow history.
+                        for k in active:
+                            outcomes[k] = Outcome(How.interrupted, first if k in handed else start)
+                        return outcomes  # type: ignore[return-value]
+                    handed.add(j)
                     frame = _frame(values[:, j], start, columns, members[j], lrs[j])
                     lrs[j] = []
                     params = dict(zip(names, model.member(j), strict=True))

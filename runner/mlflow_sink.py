@@ -28,7 +28,7 @@ class StoreUnavailable(RuntimeError):
 
 def timeout(uri: str) -> float:
     """How long a call may wait: a server that hangs costs seconds; a local store may be
-    busy creating its tables or with another writer."""
+    busy creating its tables or with another writer (less once a stop came: Tracker.wait)."""
     return 12.0 if uri.startswith(("http://", "https://")) else 120.0
 
 

@@ -88,7 +88,10 @@ def summarize(sweep_dir: Path, unended: str = "FAILED") -> pd.DataFrame:
     # result.json writes a non-finite loss as null: such a job ranks, and prints, as inf.
     summary["final_loss"] = summary["final_loss"].fillna(math.inf)
     summary["reused"] = summary["reused"].astype("boolean").fillna(False).astype(bool)
-    return rank(summary)
+    ranked = rank(summary)
+    # Why MLflow failed jobs (their CSVs went on alone): the sweep says so in one line.
+    ranked.attrs["tracking_errors"] = [r["tracking_error"] for r in rows if r.get("tracking_error")]
+    return ranked
 
 
 def _job_row(job_dir: Path, unended: str) -> dict[str, Any] | None:

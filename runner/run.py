@@ -280,7 +280,9 @@ class JobRun:
             self.mlflow.settle()
         if self.mlflow is not None and self.mlflow.error:
             self.result.tracking_error = self.mlflow.error
-            if self.result.status == "FINISHED":  # the store failed: the run is not whole
+            # The store failed: the run is not whole, and its MLflow run says FAILED (the
+            # last line agrees with the store, a stopped run's too).
+            if self.result.status in ("FINISHED", "KILLED"):
                 self.result.status = "FAILED"
                 self.result.failure = f"MLflow failed: {self.mlflow.error}"
         write_result(self.ctx.run_dir, self.result)

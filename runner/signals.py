@@ -12,10 +12,11 @@ takes seconds even on a long run.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -46,28 +47,32 @@ class Stopper:
         self.signum = 0
         self.listening: str | None = None  # while a loop polls `stop`: what it will keep
         self.said = False  # whether a loop has said what the stop keeps
+        self.quiet = False  # a parallel launcher's worker: the main process speaks for it
+        self.forward: Callable[[int], None] | None = None  # passes the first signal on
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stop.is_set():
             doing = "ending the run as KILLED" if self.said else "stopping"  # (before a loop)
-            print(
-                f"runner: {name} again: still {doing} (the store takes seconds at most; "
-                "kill -9 would leave a run RUNNING)",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._print(f"runner: {name} again: still {doing} (the store takes seconds at "
+                        "most; kill -9 would leave a run RUNNING)")  # fmt: skip
         else:
             self.signum = signum
             self.stop.set()
+            if self.forward is not None:
+                self.forward(signum)
             if self.listening:
                 self._say(name, self.listening)
         if self.listening is None:
             raise Stop(signum)
 
     def _say(self, name: str, what: str) -> None:
-        print(f"runner: stopping on {name}: {what}", file=sys.stderr, flush=True)
+        self._print(f"runner: stopping on {name}: {what}")
         self.said = True
+
+    def _print(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
 
     @contextmanager
     def listening_while(self, what: str) -> Iterator[None]:
@@ -92,9 +97,23 @@ def stopped_before_start(signum: int) -> SystemExit:
     return SystemExit(128 + signum)
 
 
-def install() -> Stopper:
-    """Route the stop signals to STOPPER (only the main thread may set handlers)."""
+def install(quiet: bool = False) -> Stopper:
+    """Route the stop signals to STOPPER (only the main thread may set handlers); quiet in a
+    parallel launcher's worker, whose stop the main process announces."""
+    STOPPER.quiet = quiet
     if threading.current_thread() is threading.main_thread():
         for s in SIGNALS:
             signal.signal(s, STOPPER.handle)
     return STOPPER
+
+
+def to_workers(signum: int) -> None:
+    """Pass a stop on to this process's workers (a joblib launcher's): each ends its run
+    KILLED with every row stored, as this process's loop would. Its tracking processes
+    ignore the signal; SIGHUP goes on as SIGTERM, which the launcher's own helpers ignore."""
+    import psutil
+
+    sent = signal.SIGTERM if signum == signal.SIGHUP else signum
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            child.send_signal(sent)

@@ -78,12 +78,16 @@ class Sweep:
         path = self.sweep_dir / "summary.csv"
         summary.to_csv(path, index=False)
         _show(summary, path)
+        if lost := summary.attrs.get("tracking_errors"):
+            log.error(f"runner: error: MLflow failed for {len(lost)} of {len(summary)} jobs "
+                      f"({lost[0][:200]}); they ended FAILED, their CSVs whole")  # fmt: skip
         # A stopped sweep ends at once: its pictures can wait for `runner.compare --plot`.
         pictures = _pictures(summary, self.sweep_dir) if status == "FINISHED" else []
         if self.parent is None:
             return
-        if status != "FINISHED":  # jobs of killed workers: their processes are gone
-            self._end_children(status)
+        # Jobs of killed workers, or runs whose tracking process died before it could tell
+        # their id: every job has ended by now, so a child still RUNNING is an orphan.
+        self._end_children("FAILED" if status == "FINISHED" else status)
         end_the_unended()
         files = [str(p) for p in [path, *pictures]]
         # A study's parent holds every trial the study has: its counts and best are the
@@ -104,10 +108,14 @@ class Sweep:
     def _end_children(self, status: str) -> None:
         uri = self.parent.uri
         try:
-            tracking.tracker().call(tracking.end_children, uri, self.parent.run_id, status,
-                                    timeout=timeout(uri))  # fmt: skip
+            ended = tracking.tracker().call(tracking.end_children, uri, self.parent.run_id,
+                                            status, timeout=timeout(uri))  # fmt: skip
         except TrackingError as err:
             log.error(f"runner: error: could not end the sweep's running jobs: {err}")
+            return
+        if ended and status == "FAILED":
+            log.error(f"runner: error: {ended} MLflow run(s) left RUNNING by a tracking process "
+                      "that died were ended FAILED")  # fmt: skip
 
 
 def _show(summary: pd.DataFrame, path: Path) -> None:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from runner.signals import STOPPER
+
 
 class TrackingError(RuntimeError):
     """The store could not do what was asked; the message is one line."""
@@ -307,8 +309,16 @@ def end_children(uri: str, parent_id: str, status: str) -> int:
 
 def _ready() -> None:
     """Import what every run needs, while the runner imports torch."""
+    import logging
+
     from mlflow import MlflowClient  # noqa: F401
     from mlflow.store.tracking import sqlalchemy_store  # noqa: F401 - the SQLite store's code
+
+    # MLflow's own logger would print a traceback for each retry of a store that is locked,
+    # deleted or gone (hundreds of lines), and its table creation on a new store: the runner
+    # says what matters in one line, from this process's answers.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def serve(calls_fd: int, answers_fd: int) -> None:
@@ -334,13 +344,19 @@ def serve(calls_fd: int, answers_fd: int) -> None:
     for run_id, uri in list(_open_runs.items()):  # no run stays RUNNING
         try:
             _client(uri).set_terminated(run_id, "KILLED")
-        except Exception as err:
-            print(f"runner: error: could not end MLflow run {run_id}: {err}", file=sys.stderr)
+        except Exception as err:  # one line: the store's own words can run to a page
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            print(f"runner: error: could not end MLflow run {run_id}: {why}", file=sys.stderr)
     sys.stderr.flush()
     os._exit(0)  # every write is committed; skip tearing MLflow's modules down (about 1 s)
 
 
 # --- the runner's side ---------------------------------------------------------------------
+
+# Once a stop signal came, what the store still owes may wait this long, not the minutes a
+# busy store is given otherwise: a store that is locked or stopped (SIGSTOP) then costs the
+# stop this deadline and the run its MLflow record (FAILED), never its CSV.
+STOPPING_DEADLINE = 10.0
 
 # A deep backlog of metric chunks only lengthens a stop (the store sets a long run's wall
 # time anyway): at most about a second of the store's work waits, 11,000 points here.
@@ -395,16 +411,25 @@ class Tracker:
         return self.wait(self.call_async(function, *args), timeout)
 
     def wait(self, future: Future, timeout: float) -> Any:
-        """The answer of a call sent earlier, waiting at most `timeout` seconds. A store that
+        """The answer of a call sent earlier, waiting at most `timeout` seconds, or
+        STOPPING_DEADLINE once a stop signal came (also while this wait was on). A store that
         does not answer costs that long, not minutes: the tracking process, stuck in it, is
         let go (a later call starts a fresh one)."""
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            self.process.kill()
-            why = f"the MLflow store did not answer within {timeout:.0f} s"
-            self._die(why)
-            raise TrackingError(why) from None
+        start, stopped = time.monotonic(), None
+        while True:
+            try:
+                return future.result(timeout=0.25)  # (a slice: a stop is seen within it)
+            except FutureTimeout:
+                now = time.monotonic()
+                if stopped is None and STOPPER.stop.is_set():
+                    stopped = now
+                late = stopped is not None and now - stopped >= STOPPING_DEADLINE
+                if now - start >= timeout or late:
+                    break
+        self.process.kill()
+        why = f"the MLflow store did not answer within {time.monotonic() - start:.0f} s"
+        self._die(why)
+        raise TrackingError(why)
 
     def send_metrics(self, uri: str, run_id: str, epochs: np.ndarray,
                      columns: dict[str, np.ndarray], timeout: float) -> Future:  # fmt: skip
@@ -425,6 +450,8 @@ class Tracker:
                 self._die("the tracking process ended unexpectedly (killed?)")
                 return
             with self.lock:
+                if not self.pending:  # failed already: a send found the process gone first
+                    continue
                 future, points = self.pending.popleft()
                 self.backlog -= points
             if ok:

@@ -299,3 +299,16 @@ def test_every_command_of_the_readme_passes_the_gate(argv: list[str]) -> None:
             check_command_line(argv)
         return
     check_command_line(argv)
+
+
+def test_an_optuna_file_is_not_taken_for_an_mlflow_store(tmp_path: Path) -> None:
+    """mlflow.tracking_uri naming a study's file (optuna.db) is refused before MLflow writes
+    its tables into it; the file is left as it was."""
+    import optuna
+
+    study = tmp_path / "study.db"
+    optuna.create_study(storage=f"sqlite:///{study}")
+    before = study.read_bytes()
+    with pytest.raises(ConfigError, match="holds an Optuna study"):
+        check_command_line([f"mlflow.tracking_uri=sqlite:///{study}"])
+    assert study.read_bytes() == before

@@ -3,6 +3,7 @@ dies mid-run, and several writers on one SQLite store. Real subprocesses through
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -147,25 +148,65 @@ def test_signal_ends_a_multirun_and_its_parent_as_killed(
     assert summary["status"].tolist() == ["KILLED"] * len(jobs)
 
 
+# (signal, sent to: the runner alone, as `kill` does, or its process group, as Ctrl-C does)
+JOBLIB_STOPS = [(signal.SIGINT, "runner"), (signal.SIGTERM, "runner"), (signal.SIGINT, "group")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_ends_a_joblib_sweep_with_every_child_killed(
-    tmp_path: Path, sig: signal.Signals
+@pytest.mark.parametrize(("sig", "to"), JOBLIB_STOPS, ids=["SIGINT", "SIGTERM", "Ctrl-C"])
+def test_signal_ends_a_joblib_sweep_with_every_child_killed_and_every_row_stored(
+    tmp_path: Path, sig: signal.Signals, to: str
 ) -> None:
+    """The workers are told (or hear it from the group), each ends its run KILLED with every
+    row in MLflow and its lines in runner.log, and the queued job does not start."""
     process = start_runner("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", LONG,
-                           "lr=0.01,0.02,0.03", "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+                           "lr=0.01,0.02,0.03", "hydra.sweep.dir=sweep", cwd=tmp_path,
+                           new_session=to == "group")  # fmt: skip
     for job in ("0", "1"):
         wait_for_rows(tmp_path / "sweep" / job / "metrics.csv", rows=2000)
-    err, _ = _stop(process, sig, "joblib sweep (2 workers),")
+    if to == "group":
+        os.killpg(process.pid, sig)
+        _, err = process.communicate(timeout=60)
+    else:
+        err, _ = _stop(process, sig, "joblib sweep (2 workers),")
     assert process.returncode == 128 + sig, err[-2000:]
+    assert "Traceback" not in err
     client = store(tmp_path)
     runs = all_runs(client)
     assert len(runs) == 3  # the parent and the two jobs that started
     ends = {(r.info.run_name, r.info.status, r.data.tags.get("runner.tracking_error"),
              r.data.tags.get("runner.error")) for r in runs}  # fmt: skip
     assert {status for _, status, _, _ in ends} == {"KILLED"}, (ends, err[-3000:])
+    for job in ("0", "1"):
+        result = json.loads((tmp_path / "sweep" / job / "result.json").read_text())
+        csv = tmp_path / "sweep" / job / "metrics.csv"
+        _assert_killed_with_every_row(client, result["mlflow_run_id"], csv)
+        assert "ended KILLED" in (tmp_path / "sweep" / job / "runner.log").read_text()
     summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")  # the third: stopped, not failed
     assert set(summary["status"]) == {"KILLED"}, summary
+
+
+@pytest.mark.slow
+def test_a_batched_sweep_of_100_jobs_stops_in_seconds_with_every_row_stored(
+    tmp_path: Path,
+) -> None:
+    """The chunk in hand is 100 jobs x 1,000 epochs x 7 metrics, a minute of the store's
+    work: a stop while it is handed over keeps the rest of it from every sink, so the sweep
+    stops in seconds and each job's CSV still equals its MLflow history."""
+    process = start_runner("-m", "lr=range(0.001,0.101,0.001)", "epochs=3000",
+                           "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    wait_for_rows(tmp_path / "sweep" / "0" / "metrics.csv", rows=1000, timeout=300)
+    err, seconds = _stop(process, signal.SIGINT, "batched sweep of 100 jobs x 3000 epochs,")
+    assert process.returncode == 130, err[-2000:]
+    assert seconds < 10, seconds  # the target is 3 s (docs/faults.md); 10 leaves CI room
+    client = store(tmp_path)
+    assert {r.info.status for r in all_runs(client)} == {"KILLED"}
+    kept = set()
+    for job in range(100):
+        result = json.loads((tmp_path / "sweep" / str(job) / "result.json").read_text())
+        csv = tmp_path / "sweep" / str(job) / "metrics.csv"
+        kept.add(_assert_killed_with_every_row(client, result["mlflow_run_id"], csv))
+    assert kept <= {0, 1000, 2000}, kept  # whole chunks, or none of the one in hand
 
 
 @pytest.mark.slow
@@ -276,6 +317,75 @@ def _tracking_process(runner_pid: int) -> psutil.Process:
         if "runner.tracking" in " ".join(p.cmdline())
     ]
     return child
+
+
+@pytest.mark.slow
+def test_killed_tracking_processes_in_a_batched_sweep_leave_no_run_running(
+    tmp_path: Path,
+) -> None:
+    process = start_runner("-m", "lr=range(0.001,0.021,0.001)", "epochs=6000",
+                           "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    wait_for_rows(tmp_path / "sweep" / "0" / "metrics.csv", rows=1000, timeout=300)
+    for child in psutil.Process(process.pid).children():
+        if "runner.tracking" in " ".join(child.cmdline()):
+            child.kill()
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-2000:]  # a sweep goes on past its failed jobs
+    assert "Traceback" not in err and "Exception in thread" not in err
+    failed = [x for x in err.splitlines() if x.startswith("runner: error: MLflow failed for ")]
+    assert len(failed) == 1 and "ended unexpectedly" in failed[0], err[-2000:]
+    runs = all_runs(store(tmp_path))
+    assert "RUNNING" not in {r.info.status for r in runs}
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert len(summary) == 20 and set(summary["status"]) <= {"FINISHED", "FAILED"}
+    assert f"MLflow failed for {(summary['status'] == 'FAILED').sum()} of 20 jobs" in failed[0]
+
+
+@pytest.mark.slow
+def test_a_stopped_tracking_process_costs_a_stop_its_deadline_not_minutes(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP on the tracking process (a store that hangs), then Ctrl-C: the run is ended
+    FAILED through a fresh tracking process after the stopping deadline, and the last line
+    says FAILED, as the store does."""
+    process = start_runner(LONG, "hydra.run.dir=out", cwd=tmp_path)
+    wait_for_rows(tmp_path / "out" / "metrics.csv", rows=2000)
+    stuck = _tracking_process(process.pid)
+    stuck.suspend()
+    try:
+        time.sleep(1)
+        err, seconds = _stop(process, signal.SIGINT, "single run, its tracking process stopped,")
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):  # (the runner let it go already)
+            stuck.kill()
+    assert process.returncode == 130, err
+    assert seconds < 40, seconds  # the deadline (10 s) and a fresh tracking process
+    assert "Traceback" not in err
+    assert "the run is FAILED" in err.splitlines()[-1], err
+    (run,) = all_runs(store(tmp_path))
+    assert (
+        run.info.status == "FAILED" and "did not answer" in run.data.tags["runner.tracking_error"]
+    )
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "FAILED" and result["signal"] == signal.SIGINT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_store_damaged_mid_run_is_a_few_lines_not_tracebacks(tmp_path: Path, damage: str) -> None:
+    process = start_runner("epochs=60000", "hydra.run.dir=out", cwd=tmp_path)
+    wait_for_rows(tmp_path / "out" / "metrics.csv", rows=2000)
+    if damage == "deleted":
+        (tmp_path / "mlflow.db").unlink()
+    else:
+        with (tmp_path / "mlflow.db").open("r+b") as db:
+            db.truncate(4096)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and len(err.splitlines()) <= 12, err
+    assert err.startswith("runner: error: MLflow failed (")
+    rows = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert rows["epoch"].tolist() == list(range(60000))  # the CSV went on alone
 
 
 @pytest.mark.slow

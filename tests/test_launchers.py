@@ -303,7 +303,7 @@ def test_submitit_slurm_preset_composes_with_sensible_defaults(
     assert launcher["timeout_min"] == 20 and launcher["cpus_per_task"] == 2
     assert launcher["gpus_per_node"] == 1 and launcher["mem_gb"] == 4
     # Shell commands on the cluster's nodes are not the command line's to give.
-    with pytest.raises(ConfigError, match=r"^hydra.launcher.setup=.*not settable"):
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.setup=.*one of the Hydra settings"):
         check_command_line(["-m", "hydra/launcher=submitit_local", "hydra.launcher.setup=[ls]"])
     # The runner's own checks take them too, as on a Slurm login node (srun on PATH).
     (fake_srun := tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -235,6 +236,30 @@ def test_interrupt_hands_out_the_completed_epochs_first() -> None:
         train(s.model, loss_then_ctrl_c, [Member(s.optimizers[0], 50, kept.append)], s.x, s.y, 5)
     assert [len(f) for f in kept] == [5, 5, 3]
     assert pd.concat(kept)["epoch"].tolist() == list(range(13))
+
+
+def test_a_stop_while_a_batch_s_chunk_is_handed_over_keeps_the_rest_from_every_sink() -> None:
+    """Handing a chunk over waits on the store: a stop meanwhile ends the batch there. The
+    members handed the chunk keep it, the others keep the chunks before it, whole."""
+    confs = [make_config("experiment=seed_002", "epochs=50") for _ in range(3)]
+    s = build(confs, None)
+    stop = threading.Event()
+    kept: list[list[pd.DataFrame]] = [[], [], []]
+
+    def write(j: int) -> Callable[[pd.DataFrame], None]:
+        def written(chunk: pd.DataFrame) -> None:
+            kept[j].append(chunk)
+            if j == 0 and int(chunk["epoch"].iloc[0]) == 10:  # member 0 takes its third chunk
+                stop.set()
+
+        return written
+
+    members = [Member(s.optimizers[j], 50, write(j)) for j in range(3)]
+    outcomes = train(s.model, s.loss_fn, members, s.x, s.y, chunk=5, stop=stop)
+    assert [len(pd.concat(k)) for k in kept] == [15, 10, 10]  # no sink of 1 or 2 saw 10-14
+    assert [(o.how, o.epochs) for o in outcomes] == [(How.interrupted, 15),
+                                                     (How.interrupted, 10),
+                                                     (How.interrupted, 10)]  # fmt: skip
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

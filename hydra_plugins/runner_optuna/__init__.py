@@ -118,7 +118,7 @@ class OptunaSweeper(LaunchingSweeper):
             for run in _consecutive(trials):
                 jobs = [[*fixed, *(search.override(k, v) for k, v in t.params.items())]
                         for t in run]  # fmt: skip
-                results += self.launcher.launch(jobs, initial_job_idx=run[0].number)
+                results += self.launch(jobs, run[0].number)
             errors = [_tell(study, t, r) for t, r in zip(trials, results, strict=True)]
         finally:  # a stopped search leaves no trial RUNNING
             for trial in trials:

@@ -11,7 +11,7 @@ computed in decimal (runner/ranges.py): range(0.01,0.05,0.01) is four jobs, not 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -21,6 +21,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from runner import signals
 from runner.ranges import float_range
 
 
@@ -34,6 +35,26 @@ class LaunchingSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+        # Jobs in worker processes of this machine (joblib): a stop is passed on to them.
+        self.workers = str(config.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher")
+
+    def launch(self, jobs: list[list[str]], first: int) -> Sequence[JobReturn]:
+        """Hand jobs to the launcher. Workers are waited on through a stop: told of it, they
+        end their runs KILLED with every row stored and start no more jobs (an exception here
+        would make joblib kill them midway through a chunk), then the sweep stops."""
+        if not self.workers:  # the jobs run in this process, whose training loop listens
+            return self.launcher.launch(jobs, initial_job_idx=first)
+        stopper = signals.STOPPER
+        stopper.forward = signals.to_workers
+        what = "its running jobs end KILLED, MLflow holding every epoch of their CSVs"
+        try:
+            with stopper.listening_while(what):
+                results = self.launcher.launch(UntilStopped(jobs), initial_job_idx=first)
+        finally:
+            stopper.forward = None
+        if stopper.stop.is_set():
+            raise signals.Stop(stopper.signum)
+        return results
 
 
 class GridSweeper(LaunchingSweeper):
@@ -49,11 +70,22 @@ class GridSweeper(LaunchingSweeper):
         size = self.max_batch_size or len(jobs) or 1
         returns = []
         for first in range(0, len(jobs), size):
-            results = self.launcher.launch(jobs[first : first + size], initial_job_idx=first)
+            results = self.launch(jobs[first : first + size], first)
             for r in results:
                 _ = r.return_value  # a job that raised raises here, as in Hydra's sweepers
             returns.append(kept(results, len(jobs)))
         return returns
+
+
+class UntilStopped(list):
+    """A batch's jobs, as a launcher iterates them to hand them out: none after a stop, so
+    the workers' queue ends there and a stopped sweep of 10,000 jobs does not start each."""
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for job in super().__iter__():
+            if signals.STOPPER.stop.is_set():
+                return
+            yield job
 
 
 # Up to this many jobs, a sweep's returns keep their configs, as Hydra's sweepers give them;

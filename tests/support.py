@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from runner import gate
+from runner import compose, gate
 from runner.config import Config
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def _composed(groups: tuple[str, ...]) -> DictConfig:
 
 def _composed_then_updated(overrides: tuple[str, ...]) -> DictConfig:
     parsed = [gate.parse(o) for o in overrides]
-    plain = [o for o in parsed if o.key_or_group not in gate._groups()]
+    plain = [o for o in parsed if o.key_or_group not in compose.groups()]
     for o in plain:
         if o.is_sweep_override() or o.is_delete() or o.is_add() or o.is_force_add() \
                 or o.key_or_group.startswith("hydra"):  # fmt: skip

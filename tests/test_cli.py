@@ -214,13 +214,13 @@ def test_a_stop_signal_while_a_large_sweep_is_checked_ends_the_check_at_once(
     value, in one line, with nothing reserved."""
     import signal
 
-    from runner import cli, gate, signals
+    from runner import cli, signals, sweep_checks
 
     monkeypatch.chdir(tmp_path)
     stopper = _main_in_process(monkeypatch, ["-m", "lr=range(0.0001,1.0001,0.0001)"])
     monkeypatch.setattr(signals, "STOPPER", stopper)
     checked: list[object] = []
-    values = gate._values_to_check
+    values = sweep_checks._values_to_check
 
     def signalled(o: object) -> list[object]:
         stopper.handle(signal.SIGINT, None)  # noted, not raised
@@ -228,7 +228,7 @@ def test_a_stop_signal_while_a_large_sweep_is_checked_ends_the_check_at_once(
         checked.extend(found)
         return found
 
-    monkeypatch.setattr(gate, "_values_to_check", signalled)
+    monkeypatch.setattr(sweep_checks, "_values_to_check", signalled)
     with pytest.raises(SystemExit) as ended:
         cli.main()
     assert ended.value.code == 130

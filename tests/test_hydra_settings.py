@@ -9,22 +9,22 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from runner import gate, hydra_settings
+from runner import gate, hydra_settings, overrides
 from runner.config import ConfigError
 
 
 @pytest.mark.parametrize("launcher", hydra_settings.LAUNCHERS)
 def test_every_launcher_the_runner_offers_passes_as_configured(launcher: str) -> None:
-    if launcher in gate.EXTRAS and not gate._launcher_installed(launcher):
-        pytest.skip(f"hydra/launcher={launcher} needs the [{gate.EXTRAS[launcher]}] extra")
+    if launcher in overrides.EXTRAS and not overrides.launcher_installed(launcher):
+        pytest.skip(f"hydra/launcher={launcher} needs the [{overrides.EXTRAS[launcher]}] extra")
     for search in ("grid", "optuna_lr"):
         cfg = gate.compose_checked([f"hydra/launcher={launcher}", f"search={search}"], {})
-        gate.check_hydra_node(cfg, [])  # no false refusal of the runner's own settings
+        overrides.check_hydra_node(cfg, [])  # no false refusal of the runner's own settings
 
 
 def test_a_leaf_added_anywhere_in_the_hydra_node_is_named() -> None:
     cfg = gate.compose_checked([], {})
-    reference = gate._runner_own("batched", "grid")
+    reference = overrides._runner_own("batched", "grid")
     with open_dict(cfg):
         cfg.hydra.job.env_set = {"PYTHONPATH": "/elsewhere"}
         cfg.hydra.job_logging.handlers.file.mode = "w"
@@ -37,7 +37,9 @@ def test_a_removed_leaf_is_named_too() -> None:
     cfg = gate.compose_checked([], {})
     with open_dict(cfg):
         del cfg.hydra.job_logging.handlers["file"]
-    found = {key for key, _, _ in hydra_settings.foreign(cfg, gate._runner_own("batched", "grid"))}
+    found = {
+        key for key, _, _ in hydra_settings.foreign(cfg, overrides._runner_own("batched", "grid"))
+    }
     assert "hydra.job_logging.handlers.file.filename" in found
 
 

@@ -97,6 +97,8 @@ def main() -> None:
         if not plan.multirun:
             _discard(plan)
         _fail(refused.err, 2)
+    except OSError as err:  # Hydra writing its files into a full disk, before the run
+        _not_written(plan, err)
     except KeyboardInterrupt as err:
         if isinstance(err, NotStarted) and not plan.multirun:  # set up, but nothing written
             _discard(plan)
@@ -141,6 +143,19 @@ def _sweep(plan: gate.Plan) -> None:
             _discard(plan)
             _fail(ConfigError("mlflow.tracking_uri", plan.conf.mlflow.tracking_uri, str(err)), 2)
         raise
+
+
+def _not_written(plan: gate.Plan, err: OSError) -> None:
+    """One line for a directory that cannot take Hydra's files (a full disk): exit 2 and
+    nothing left where nothing ran; exit 1 where a run or job had begun (its files kept)."""
+    began = plan.out_dir is not None and (
+        (plan.out_dir / "metrics.csv").exists() if not plan.multirun else not _no_jobs(plan.out_dir)
+    )
+    if not began:
+        _discard(plan)
+    why = err.strerror or type(err).__name__
+    kept = "; what ran is kept" if began else "; nothing was run"
+    _fail(f"cannot write {err.filename or plan.out_dir} ({why}){kept}", 1 if began else 2)
 
 
 def _no_jobs(sweep_dir: Path | None) -> bool:

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import make_config
 
-from runner import gate, overrides
+from runner import gate
+from runner import overrides as override_checks
 from runner.config import ConfigError
 
 
@@ -251,7 +252,7 @@ def test_a_sweep_is_searched_by_the_chosen_sweeper(search: list[str], sweeper: s
 def test_a_launcher_without_its_extra_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, option: str, extra: str
 ) -> None:
-    monkeypatch.setattr(overrides, "launcher_installed", lambda name: False)
+    monkeypatch.setattr(override_checks, "launcher_installed", lambda name: False)
     with pytest.raises(ConfigError) as caught:
         check_command_line(["-m", f"hydra/launcher={option}", "lr=0.1,0.2"])
     assert str(caught.value).startswith(f"hydra/launcher='{option}' is not allowed: installed")

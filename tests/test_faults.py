@@ -518,6 +518,25 @@ def test_a_server_restarted_mid_sweep_costs_the_sweep_no_job(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("args", [["hydra.run.dir=out"], ["-m", "lr=0.1,0.2"]])
+def test_a_full_disk_at_the_start_is_one_line_and_nothing_left(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Hydra's own files (.hydra/, multirun.yaml) cannot be written: one line, exit 2, no
+    directory left (was: a traceback and a directory holding half a config)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "mlflow.enabled=false", *args], cwd=tmp_path,
+        env=runner_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10)),
+    )  # fmt: skip
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    (line,) = err.splitlines()
+    assert line.startswith("runner: error: cannot write ") and "nothing was run" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_a_full_disk_fails_the_run_in_one_line_with_whole_rows(tmp_path: Path) -> None:
     """The file-size limit (RLIMIT_FSIZE) stands in for a full disk: writes fail with EFBIG
     as they would with ENOSPC (Python ignores SIGXFSZ)."""

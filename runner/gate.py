@@ -31,7 +31,7 @@ from runner.compose import (  # noqa: F401 - compose_checked, typed, parse: the 
     typed,
 )
 from runner.config import Config, ConfigError, tracking_uri_problem
-from runner.overrides import check_hydra_node, check_override, value_text
+from runner.overrides import check_hydra_node, check_override, presets_problem, value_text
 from runner.reserve import release, reserve_dir  # noqa: F401 - release: the gate's API too
 from runner.search import Study
 from runner.store import default_tracking_uri
@@ -161,22 +161,18 @@ def _given(parsed: list[Override]) -> dict[str, str]:
 def _search_path(config_dir: str | None, parsed: list[Override]) -> list[str]:
     """--config-dir DIR and hydra.searchpath as one override, so the gate and Hydra compose
     from the very same directories."""
-    entries: list[str] = []
+    entries: dict[str, str] = {}  # file://DIR -> the key that named it
     for o in parsed:
         if o.key_or_group == "hydra.searchpath":
-            entries += [str(e) for e in o.value() or []]
+            entries |= {str(e): "hydra.searchpath" for e in o.value() or []}
     if config_dir is not None:
         path = Path(config_dir).absolute()
         if not path.is_dir():
             raise ConfigError("--config-dir", config_dir, "an existing directory")
-        entries.append(f"file://{path}")
-    for entry in entries:
-        if (Path(entry.removeprefix("file://")) / "hydra").exists():
-            allowed = (
-                "presets for the runner's groups (experiment, data, optimizer, ...) "
-                "without a hydra/ folder: Hydra's settings are the runner's own"
-            )
-            raise ConfigError("--config-dir", entry.removeprefix("file://"), allowed)
+        entries[f"file://{path}"] = "--config-dir"
+    for entry, key in entries.items():
+        if problem := presets_problem(Path(entry.removeprefix("file://"))):
+            raise ConfigError(key, entry.removeprefix("file://"), problem)
     return [f"hydra.searchpath=[{','.join(quoted(e) for e in entries)}]"] if entries else []
 
 

@@ -174,8 +174,10 @@ def setting(key: str) -> Setting | None:
     if key in SETTINGS:
         return SETTINGS[key]
     for section, entry in SECTIONS.items():
-        if key == section or key.startswith(section + "."):
+        if key == section:
             return entry
+        if key.startswith(section + "."):  # an argument's name: never _target_ and the like
+            return None if key.rpartition(".")[2].startswith("_") else entry
     return None
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import difflib
 import functools
 from importlib.util import find_spec
+from pathlib import Path
 
+import yaml
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
@@ -25,6 +27,29 @@ from runner.config import ConfigError
 CODE_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 # Launchers that come with an extra of this project.
 EXTRAS = {"ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submitit"}
+
+
+PRESET_BYTES = 1_000_000  # a preset is a few lines; more is a mistake, or a way to stall
+
+
+def presets_problem(directory: Path) -> str | None:
+    """Why a directory of the user's presets is refused, or None. It holds presets for the
+    runner's groups only (Hydra's settings are the runner's own), and each file is read
+    whole in a moment: no YAML alias, which could expand into billions of nodes while the
+    config composes, where no stop signal reaches."""
+    if (directory / "hydra").exists():
+        return ("presets for the runner's groups (experiment, data, optimizer, ...) without a "
+                "hydra/ folder: Hydra's settings are the runner's own")  # fmt: skip
+    for path in sorted(directory.rglob("*.yaml")):
+        if path.stat().st_size > PRESET_BYTES:
+            return f"presets of at most {PRESET_BYTES:,} bytes ({path} is larger)"
+        try:
+            tokens = list(yaml.scan(path.read_text()))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            return f"presets that are YAML ({path}: {str(err).splitlines()[0]})"
+        if any(isinstance(t, yaml.AliasToken) for t in tokens):
+            return f"presets without YAML aliases (*name, in {path})"
+    return None
 
 
 def check_override(o: Override, multirun: bool, searchpath: list[str]) -> None:

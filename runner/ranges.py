@@ -13,7 +13,7 @@ import math
 import random
 from decimal import ROUND_CEILING, Decimal
 
-from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, Glob, Override, RangeSweep
 
 from runner.config import ConfigError
 
@@ -54,6 +54,8 @@ def count(o: Override) -> int:
     if isinstance(swept, ChoiceSweep):
         return len(swept.list)
     allowed = "a comma list or range(start,stop,step) in a grid (interval() is for search=optuna)"
+    if isinstance(swept, Glob):
+        allowed = "a comma list of options (glob() is not taken: name the options)"
     raise ConfigError(o.get_key_element(), o.input_line.split("=", 1)[-1], allowed)
 
 

@@ -186,6 +186,10 @@ def _storage_problem(storage: str, tracking_uri: str | None) -> str | None:
             return f"no directory {path.parent}"
         if path.exists() and not path.is_file():
             return f"{path} is not a file"
+        if storage.startswith("sqlite:///") and path.exists() and path.stat().st_size:
+            with path.open("rb") as file:
+                if file.read(16) != b"SQLite format 3\x00":
+                    return f"an SQLite database file ({path} is not one)"
         store = sqlite_path(tracking_uri) if tracking_uri else None
         if (store is not None and path.resolve() == store.resolve()) or (
             MLFLOW_TABLES & sqlite_tables(path)

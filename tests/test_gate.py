@@ -75,7 +75,19 @@ SECRET_NAME = """# @package _global_
 mlflow:
   experiment: ${oc.env:MLFLOW_TRACKING_PASSWORD}
 """
-PRESETS = {"experiment/evil.yaml": EVIL_EXPERIMENT, "experiment/opener.yaml": OPENER_LOGGING,
+SAMPLER_CODE = """# @package _global_
+hydra:
+  sweeper:
+    sampler:
+      _target_: builtins.print
+      name: tpe
+"""
+# Six lines that expand to 531,441 nodes as the config composes (and more with a line more).
+BOMB = "# @package _global_\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcde", "bcdef", strict=True)
+)
+PRESETS = {"experiment/evil.yaml": EVIL_EXPERIMENT, "experiment/sampler.yaml": SAMPLER_CODE,
+           "experiment/opener.yaml": OPENER_LOGGING,
            "experiment/logfile.yaml": FILE_LOGGING, "data/jobenv.yaml": JOB_ENV,
            "experiment/secret.yaml": SECRET_NAME}  # fmt: skip
 
@@ -139,6 +151,14 @@ ATTACKS: list[tuple[str, ...]] = [
     ("-m", "hydra.sweep.subdir=", "lr=0.1,0.2"),
     ("-m", "hydra.sweep.subdir=../../../escape_${hydra.job.num}", "lr=0.1,0.2"),
     ("-m", "lr=range(1,0.5,0.1)"),
+    # beyond the findings: other ways in, tried as an attacker would
+    ("-m", "--config-dir", "PRESETS", "search=optuna_lr", "experiment=sampler"),
+    ("--config-dir", "BOMB", "experiment=bomb"),
+    ("hydra.searchpath=[file://EVIL]", "lr=0.1"),
+    ("hydra.run.dir=${oc.env:HOME}/out",),
+    ("-m", "search=optuna_lr", "hydra.sweeper.storage=sqlite:////etc/passwd"),
+    ("-m", "experiment=glob(*)"),
+    ("-m", "--config-dir", "PRESETS", "hydra.sweeper.params={experiment:opener}", "lr=0.1,0.2"),
 ]  # fmt: skip
 # A few rows run as a user types them, in a process of their own; the rest through the
 # same entry point in this process (tests/support.py: run_in_process).
@@ -152,7 +172,8 @@ def _files(home: Path, marker: Path) -> None:
     files = {"EVIL/experiment/evil.yaml": EVIL_EXPERIMENT, "EVIL/evil.yaml": EVIL_EXPERIMENT,
              "EVIL/hydra/job_logging/evil.yaml": EVIL_LOGGING,
              "EVIL/hydra/launcher/evil.yaml": EVIL_LAUNCHER,
-             **{f"PRESETS/{name}": text for name, text in PRESETS.items()}}  # fmt: skip
+             **{f"PRESETS/{name}": text for name, text in PRESETS.items()},
+             "BOMB/experiment/bomb.yaml": BOMB}  # fmt: skip
     for name, text in files.items():
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_text(text.replace(MARK, f"../{marker.name}"))

@@ -178,9 +178,13 @@ def _end_the_unended() -> None:
             return
 
 
-def end_the_unended() -> None:
-    """At the end of a sweep: one more try for runs the store could not end."""
-    if _unended:
+def end_the_unended(retry: bool = True) -> None:
+    """At the end of a sweep or a single run: one more try for runs the store could not end
+    (none once a stop came: it has waited its deadline), and a line for each left RUNNING,
+    so that the last line agrees with the store."""
+    if _unended and retry:
         _end_the_unended()
-        for _, run_id, _ in _unended:
-            log.error(f"runner: error: MLflow run {run_id} could not be ended (store down)")
+    while _unended:
+        _, run_id, _ = _unended.pop()
+        log.error(f"runner: error: MLflow run {run_id} could not be ended (the store did not "
+                  "answer): it stays RUNNING until `python -m runner.cleanup` ends it")  # fmt: skip

@@ -31,7 +31,7 @@ from runner.data import Points, feature_names, load_arrays, split, to_tensors
 from runner.loop import How, Member, Outcome, history_columns, split_steps, train
 from runner.losses import Loss, build_loss
 from runner.minibatch import MiniBatches
-from runner.mlflow_sink import MlflowSink, StoreUnavailable
+from runner.mlflow_sink import MlflowSink, StoreUnavailable, end_the_unended
 from runner.model import Linear, build_model
 from runner.optimizers import Optimizer, build_optimizer
 from runner.provenance import data_digest, record, run_digest
@@ -165,7 +165,10 @@ class Result:
 
 def run(conf: Config, ctx: RunContext) -> Result:
     """Train once, feed the sinks, and say how it ended: a batch of one."""
-    return run_batch([conf], [ctx])[0]
+    result = run_batch([conf], [ctx])[0]
+    if ctx.sweep_parent is None:  # (a sweep does this once, at its end)
+        end_the_unended(retry=not STOPPER.stop.is_set())
+    return result
 
 
 class JobRun:

@@ -88,7 +88,7 @@ class Sweep:
         # Jobs of killed workers, or runs whose tracking process died before it could tell
         # their id: every job has ended by now, so a child still RUNNING is an orphan.
         self._end_children("FAILED" if status == "FINISHED" else status)
-        end_the_unended()
+        end_the_unended(retry=status != "KILLED")  # (a stopped sweep has waited its deadline)
         files = [str(p) for p in [path, *pictures]]
         # A study's parent holds every trial the study has: its counts and best are the
         # study's, not this run's.

@@ -371,6 +371,32 @@ def test_a_stopped_tracking_process_costs_a_stop_its_deadline_not_minutes(
 
 
 @pytest.mark.slow
+def test_a_store_locked_by_another_process_costs_a_stop_its_deadline_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the SQLite store's exclusive lock, then Ctrl-C: the stop waits
+    the stopping deadline, not minutes; the run cannot be ended while the lock is held, and
+    the last line says so, as the store does (RUNNING, for runner.cleanup)."""
+    import sqlite3
+
+    process = start_runner(LONG, "hydra.run.dir=out", cwd=tmp_path)
+    wait_for_rows(tmp_path / "out" / "metrics.csv", rows=2000)
+    lock = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        time.sleep(1)
+        err, seconds = _stop(process, signal.SIGINT, "single run, its store locked,")
+        (run,) = [r for r in lock.execute("SELECT status FROM runs")]
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert process.returncode == 130, err
+    assert seconds < 45, seconds  # the deadline (10 s) and a fresh tracking process's try
+    assert "Traceback" not in err and len(err.splitlines()) <= 5, err
+    assert run == ("RUNNING",) and "it stays RUNNING until" in err.splitlines()[-1], err
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
 def test_a_store_damaged_mid_run_is_a_few_lines_not_tracebacks(tmp_path: Path, damage: str) -> None:
     process = start_runner("epochs=60000", "hydra.run.dir=out", cwd=tmp_path)

@@ -135,8 +135,8 @@ def check_hydra_node(cfg: DictConfig, searchpath: list[str]) -> None:
         raise ConfigError("hydra.searchpath", entries, "set by --config-dir (or on the command "
                           "line), not by a preset")  # fmt: skip
     reference = _runner_own(choices["hydra/launcher"], choices["hydra/sweeper"])
-    for key, value, allowed in hydra_settings.foreign(cfg, reference):
-        raise ConfigError(key, value, allowed)
+    if first := next(hydra_settings.foreign(cfg, reference), None):
+        raise ConfigError(*first)
 
 
 @functools.cache

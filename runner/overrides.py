@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -30,6 +32,7 @@ EXTRAS = {"ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submiti
 
 
 PRESET_BYTES = 1_000_000  # a preset is a few lines; more is a mistake, or a way to stall
+PRESET_ENTRIES = 10_000  # files and folders below a config dir, read whole before it is used
 
 
 def presets_problem(directory: Path) -> str | None:
@@ -40,7 +43,9 @@ def presets_problem(directory: Path) -> str | None:
     if (directory / "hydra").exists():
         return ("presets for the runner's groups (experiment, data, optimizer, ...) without a "
                 "hydra/ folder: Hydra's settings are the runner's own")  # fmt: skip
-    for path in sorted(directory.rglob("*.yaml")):
+    for path in _presets(directory):
+        if path is None:
+            return f"a directory of presets (more than {PRESET_ENTRIES:,} entries below it)"
         if path.stat().st_size > PRESET_BYTES:
             return f"presets of at most {PRESET_BYTES:,} bytes ({path} is larger)"
         try:
@@ -50,6 +55,19 @@ def presets_problem(directory: Path) -> str | None:
         if any(isinstance(t, yaml.AliasToken) for t in tokens):
             return f"presets without YAML aliases (*name, in {path})"
     return None
+
+
+def _presets(directory: Path) -> Iterator[Path | None]:
+    """The YAML files below `directory` (not in hidden folders); None once more than
+    PRESET_ENTRIES entries were seen (`--config-dir /` would walk the whole disk)."""
+    seen = 0
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]  # .venv, .git: no presets
+        seen += len(dirs) + len(files)
+        if seen > PRESET_ENTRIES:
+            yield None
+            return
+        yield from (Path(root) / name for name in sorted(files) if name.endswith(".yaml"))
 
 
 def check_override(o: Override, multirun: bool, searchpath: list[str]) -> None:

@@ -154,6 +154,7 @@ ATTACKS: list[tuple[str, ...]] = [
     # beyond the findings: other ways in, tried as an attacker would
     ("-m", "--config-dir", "PRESETS", "search=optuna_lr", "experiment=sampler"),
     ("--config-dir", "BOMB", "experiment=bomb"),
+    ("--config-dir", "/", "lr=0.1"),
     ("hydra.searchpath=[file://EVIL]", "lr=0.1"),
     ("hydra.run.dir=${oc.env:HOME}/out",),
     ("-m", "search=optuna_lr", "hydra.sweeper.storage=sqlite:////etc/passwd"),

@@ -90,3 +90,17 @@ def test_a_config_dir_with_a_hydra_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "hydra" / "launcher").mkdir(parents=True)
     with pytest.raises(ConfigError, match="without a hydra/ folder"):
         gate.check(["--config-dir", str(tmp_path), "lr=0.1"], reserve=False)
+
+
+def test_a_config_dir_is_read_whole_in_a_moment_or_refused(tmp_path: Path) -> None:
+    from runner.overrides import PRESET_ENTRIES, presets_problem
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nlr: 0.1\n")
+    hidden = tmp_path / ".venv"  # a project's own folders are not presets: not walked
+    hidden.mkdir()
+    for i in range(PRESET_ENTRIES + 1):
+        (hidden / str(i)).touch()
+    assert presets_problem(tmp_path) is None
+    (tmp_path / "experiment" / "alias.yaml").write_text("a: &a [1]\nb: *a\n")
+    assert "without YAML aliases" in (presets_problem(tmp_path) or "")

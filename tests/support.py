@@ -310,6 +310,22 @@ def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                                        err.getvalue())  # fmt: skip
 
 
+def gate_refuses(args: list[str] | tuple[str, ...], home: Path) -> bool:
+    """Whether the gate itself refuses `python -m runner ARGS` run in home (then the command
+    can be run in-process: Hydra never starts); False for what is found when a run starts."""
+    from runner.config import ConfigError
+
+    before = os.getcwd()
+    os.chdir(home)
+    try:
+        gate.check(list(args), reserve=False)
+    except ConfigError:
+        return True
+    finally:
+        os.chdir(before)
+    return False
+
+
 def refused_in_one_line(
     args: list[str] | tuple[str, ...], home: Path, in_process: bool = False
 ) -> str:

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import REPO, each_in_a_home, refused_in_one_line, run_cli, update_doc_table
+from support import (
+    REPO,
+    each_in_a_home,
+    gate_refuses,
+    refused_in_one_line,
+    run_cli,
+    update_doc_table,
+)
 
 # (what a user typed, files the command finds in its directory)
 CSV = {
@@ -84,7 +91,9 @@ def _observe(args: tuple[str, ...], home: Path) -> str:
     if args == ("MLFLOW_DB_IS_A_DIRECTORY",):
         (home / "mlflow.db").mkdir()  # the default store's file is a directory
         args, shown_args = ("epochs=5",), ("epochs=5", "(./mlflow.db: a directory)")
-    line = refused_in_one_line(args, home)
+    # What the gate refuses runs through the entry point in this process; what a run finds
+    # when it starts (the data file, the device, the store) runs as a user types it.
+    line = refused_in_one_line(args, home, in_process=gate_refuses(args, home))
     assert "S3cr3t" not in line and "w0rd" not in line  # a password is never shown
     command = " ".join(SHOWN.get(a, a) for a in shown_args)
     return f"| `python -m runner {command}` | 2 | `{line}` |\n"

@@ -323,7 +323,7 @@ def _tracking_process(runner_pid: int) -> psutil.Process:
 def test_killed_tracking_processes_in_a_batched_sweep_leave_no_run_running(
     tmp_path: Path,
 ) -> None:
-    process = start_runner("-m", "lr=range(0.001,0.021,0.001)", "epochs=6000",
+    process = start_runner("-m", "lr=range(0.001,0.021,0.001)", "epochs=3000",
                            "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     wait_for_rows(tmp_path / "sweep" / "0" / "metrics.csv", rows=1000, timeout=300)
     for child in psutil.Process(process.pid).children():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -77,10 +78,27 @@ def _adam(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimizerConfig)
 
 
 Build = Callable[[Iterable[torch.nn.Parameter], float, OptimizerConfig], Optimizer]
-OPTIMIZERS: dict[OptimizerName, Build] = {
-    OptimizerName.manual: _manual,
-    OptimizerName.sgd: _sgd,
-    OptimizerName.adam: _adam,
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An optimizer, and the facts about it that the runner acts on."""
+
+    build: Build
+    # Whether, with these settings, each step goes along the gradient alone, so that the
+    # loss's 2/λmax decides stability: lr at or above it is warned about, and a search's
+    # trial there is pruned before it trains. Not for momentum, nor for Adam's scaled steps.
+    stability_limit: Callable[[OptimizerConfig], bool]
+
+
+def _without_momentum(cfg: OptimizerConfig) -> bool:
+    return not cfg.momentum
+
+
+OPTIMIZERS: dict[OptimizerName, Entry] = {
+    OptimizerName.manual: Entry(_manual, stability_limit=_without_momentum),
+    OptimizerName.sgd: Entry(_sgd, stability_limit=_without_momentum),
+    OptimizerName.adam: Entry(_adam, stability_limit=lambda cfg: False),
 }
 assert set(OPTIMIZERS) == set(OptimizerName), "runner/config.py must list the same names"
 
@@ -88,4 +106,9 @@ assert set(OPTIMIZERS) == set(OptimizerName), "runner/config.py must list the sa
 def build_optimizer(
     cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter], lr: float
 ) -> Optimizer:
-    return OPTIMIZERS[cfg.name](params, lr, cfg)
+    return OPTIMIZERS[cfg.name].build(params, lr, cfg)
+
+
+def stability_limit_applies(cfg: OptimizerConfig) -> bool:
+    """The registry's word on whether lr < 2/λmax decides this optimizer's stability."""
+    return OPTIMIZERS[cfg.name].stability_limit(cfg)

@@ -33,7 +33,7 @@ from runner.losses import Loss, build_loss
 from runner.minibatch import MiniBatches
 from runner.mlflow_sink import MlflowSink, StoreUnavailable, end_the_unended
 from runner.model import Linear, build_model
-from runner.optimizers import Optimizer, build_optimizer
+from runner.optimizers import Optimizer, build_optimizer, stability_limit_applies
 from runner.provenance import data_digest, record, run_digest
 from runner.reuse import finished_twins
 from runner.schedules import Schedule, build_schedule
@@ -546,9 +546,9 @@ def _plots(csv_path: Path, s: Setup, final: dict[str, float] | None) -> list[Pat
 
 
 def plain_gradient_descent(conf: Config) -> bool:
-    """Whether lr < 2/λmax decides stability: steps along the gradient alone (no momentum,
-    not Adam); with mini-batches it is the full-batch limit."""
-    return conf.optimizer.name != "adam" and not conf.optimizer.momentum
+    """Whether lr < 2/λmax decides stability, as the optimizer registry declares it (steps
+    along the gradient alone); with mini-batches it is the full-batch limit."""
+    return stability_limit_applies(conf.optimizer)
 
 
 def _warn_if_unstable(conf: Config, best: Optimum) -> None:

@@ -63,7 +63,9 @@ class Stopper:
                 self.forward(signum)
             if self.listening:
                 self._say(name, self.listening)
-        if self.listening is None:
+        # A worker never raises: an exception while it hands its result back breaks the
+        # launcher's pool; its stop is polled (set-up, the loop, the store's waits) instead.
+        if self.listening is None and not self.quiet:
             raise Stop(signum)
 
     def _say(self, name: str, what: str) -> None:

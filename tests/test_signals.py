@@ -56,3 +56,13 @@ def test_a_second_signal_while_the_run_is_set_up_says_it_is_still_stopping(
         stopper.handle(signal.SIGINT, None)
         stopper.handle(signal.SIGINT, None)
     assert capsys.readouterr().err.startswith("runner: SIGINT again: still stopping (")
+
+
+def test_a_worker_s_stopper_is_quiet_and_never_raises(capsys: pytest.CaptureFixture[str]) -> None:
+    """A joblib worker: the main process speaks for the sweep, and an exception while the
+    worker hands its result back would break the launcher's pool (seen with Ctrl-C twice)."""
+    stopper = Stopper()
+    stopper.quiet = True
+    stopper.handle(signal.SIGINT, None)
+    stopper.handle(signal.SIGINT, None)  # a second signal: still no raise, no line
+    assert stopper.stop.is_set() and capsys.readouterr().err == ""
